@@ -1,0 +1,1 @@
+"""Evaluations of vqkit models. By convention they write their results under results/, which git ignores."""

@@ -1,0 +1,1 @@
+"""Models built on vector-quantized tokens, such as autoencoders and priors over token ids."""
