@@ -38,9 +38,12 @@ class Codebook(nn.Module):
             ``"projection"``: largest ``x.c / ||c||``, codes are returned as stored.
         ema_decay: decay of the exponential moving averages that move each code to the mean of
             its inputs, or None to train the codes by gradient as an ``nn.Parameter``.
-        kmeans_init: fit the codes by k-means on the first training batch (or batches, until
-            there are at least K vectors) instead of using the random initialisation.
+        kmeans_init: fit the codes by k-means on the first training batches instead of using
+            the random initialisation. Until the fit, training steps leave the codes as they are.
         kmeans_iters: Lloyd iterations of that fit.
+        kmeans_init_points: training vectors (all ranks together) collected before the fit.
+            None means ``min(16 K, max(K, 2**18))``: enough for a stable fit, bounded in memory.
+            Values below K are raised to K.
         dead_code_threshold: a code unused for this many consecutive training steps is moved
             onto a random input vector of the current batch; None disables restarts.
         seed: seed of the generator for k-means and restarts; None draws one from torch's
@@ -56,6 +59,7 @@ class Codebook(nn.Module):
         ema_decay: float | None = 0.99,
         kmeans_init: bool = True,
         kmeans_iters: int = 10,
+        kmeans_init_points: int | None = None,
         dead_code_threshold: int | None = 100,
         seed: int | None = None,
         eps: float = 1e-5,
@@ -70,11 +74,15 @@ class Codebook(nn.Module):
         if dead_code_threshold is not None:
             check_positive_int("dead_code_threshold", dead_code_threshold)
         check_positive_int("kmeans_iters", kmeans_iters)
+        if kmeans_init_points is None:
+            kmeans_init_points = min(16 * codebook_size, max(codebook_size, 2**18))
+        check_positive_int("kmeans_init_points", kmeans_init_points)
 
         self.metric = metric
         self.ema_decay = ema_decay
         self.kmeans_init = kmeans_init
         self.kmeans_iters = kmeans_iters
+        self.kmeans_init_points = max(kmeans_init_points, codebook_size)
         self.dead_code_threshold = dead_code_threshold
         self.eps = eps
 
@@ -143,7 +151,7 @@ class Codebook(nn.Module):
 
     @torch.no_grad()
     def maybe_initialize(self, query: Tensor, fit: FitFn | None = None) -> bool:
-        """Collect prepared (N, D) training vectors and run the k-means fit once there are >= K.
+        """Collect prepared (N, D) training vectors and run the k-means fit once there are enough.
 
         A collective under ``torch.distributed``: vectors are gathered from all ranks, rank 0 runs
         ``fit(data, generator) -> (codes (K, D), counts (K,))`` (default: k-means) and broadcasts
@@ -156,8 +164,8 @@ class Codebook(nn.Module):
         self._init_pool.append(pool)
         self._init_batches += 1
         collected = sum(part.shape[0] for part in self._init_pool)
-        if collected < self.codebook_size:
-            logger.info("k-means init: %d of %d vectors collected", collected, self.codebook_size)
+        if collected < self.kmeans_init_points:
+            logger.info("k-means init: %d of %d vectors collected", collected, self.kmeans_init_points)
             return False
 
         data = torch.cat(self._init_pool)
@@ -210,12 +218,14 @@ class Codebook(nn.Module):
 
         Returns:
             ``(counts, dead)``: (K,) float code counts summed over all ranks, and the long scalar
-            number of dead codes that were restarted.
+            number of dead codes that were restarted. Before the k-means fit only counts.
         """
         if ids.ndim == 1:
             ids = ids[:, None]
         counts = torch.bincount(ids.reshape(-1), minlength=self.codebook_size).float()
         all_reduce_sum(counts)
+        if not bool(self.initialized):  # the k-means fit will overwrite every code
+            return counts, torch.zeros((), dtype=torch.long)
 
         if self.ema_decay is not None:
             sums = torch.zeros_like(self.ema_embed_sum)

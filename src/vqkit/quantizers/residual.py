@@ -21,8 +21,8 @@ class ResidualVQ(Quantizer):
         codebook_size: codes K per codebook.
         depth: number of residual levels.
         shared_codebook: one codebook serves every level, as in RQ-VAE; otherwise one per level.
-        ema_decay, commitment_weight, kmeans_init, kmeans_iters, dead_code_threshold,
-        rotation_trick, channel_first, seed: as in ``VectorQuantizer``.
+        ema_decay, commitment_weight, kmeans_init, kmeans_iters, kmeans_init_points,
+        dead_code_threshold, rotation_trick, channel_first, seed: as in ``VectorQuantizer``.
 
     Shapes:
         input (B, ..., D) -> ``quantized`` (B, ..., D), the sum of the ``depth`` codes;
@@ -40,6 +40,7 @@ class ResidualVQ(Quantizer):
         commitment_weight: float = 0.25,
         kmeans_init: bool = True,
         kmeans_iters: int = 10,
+        kmeans_init_points: int | None = None,
         dead_code_threshold: int | None = 100,
         rotation_trick: bool = False,
         channel_first: bool = False,
@@ -62,6 +63,7 @@ class ResidualVQ(Quantizer):
                 ema_decay=ema_decay,
                 kmeans_init=kmeans_init,
                 kmeans_iters=kmeans_iters,
+                kmeans_init_points=kmeans_init_points,
                 dead_code_threshold=dead_code_threshold,
                 seed=None if seed is None else seed + level,
             )

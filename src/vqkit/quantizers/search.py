@@ -6,13 +6,8 @@ reduces each block while it is in cache, and the torch path works on row tiles o
 
 from __future__ import annotations
 
-import logging
-import threading
-
 import torch
 from torch import Tensor
-
-logger = logging.getLogger(__name__)
 
 try:
     import faiss
@@ -26,22 +21,6 @@ TORCH_TILE_ELEMENTS = 1 << 23
 # Below this many multiply-adds the FAISS call overhead outweighs its kernel.
 FAISS_MIN_WORK = 1 << 16
 
-# FAISS reads its GEMM block sizes from process-wide variables. Calls that change them hold this
-# lock and restore the previous values, so other FAISS users in the process see their own settings.
-_faiss_block_lock = threading.Lock()
-
-
-def _faiss_block_sizes(dim: int, codebook_size: int) -> tuple[int, int]:
-    """Return (query block, codebook block) rows for FAISS's blocked GEMM.
-
-    FAISS defaults to 4096 x 1024. On 2-core AVX-512 Xeons, blocks of 1024 x 2048 were 5-25%
-    faster for D >= 32 (measured with ``benchmarks/quantizers.py``); for small D the default was
-    as fast as anything tried.
-    """
-    if dim < 32:
-        return 4096, 1024
-    return 1024, min(2048, codebook_size)
-
 
 def _faiss_search(x: Tensor, codebook: Tensor, k: int, metric: str, codebook_sqnorm: Tensor | None):
     """Run FAISS's exhaustive search on the tensors' memory. x: (N, D), codebook: (K, D), fp32."""
@@ -50,23 +29,15 @@ def _faiss_search(x: Tensor, codebook: Tensor, k: int, metric: str, codebook_sqn
     distances = torch.empty(n, k, dtype=torch.float32)
     indices = torch.empty(n, k, dtype=torch.int64)
 
-    query_block, code_block = _faiss_block_sizes(dim, codebook_size)
-    with _faiss_block_lock:
-        saved = (faiss.cvar.distance_compute_blas_query_bs, faiss.cvar.distance_compute_blas_database_bs)
-        faiss.cvar.distance_compute_blas_query_bs = query_block
-        faiss.cvar.distance_compute_blas_database_bs = code_block
-        try:
-            x_ptr = swig_ptr_from_FloatTensor(x)
-            c_ptr = swig_ptr_from_FloatTensor(codebook)
-            d_ptr = swig_ptr_from_FloatTensor(distances)
-            i_ptr = swig_ptr_from_IndicesTensor(indices)
-            if metric == "l2":
-                norm_ptr = None if codebook_sqnorm is None else swig_ptr_from_FloatTensor(codebook_sqnorm)
-                faiss.knn_L2sqr(x_ptr, c_ptr, dim, n, codebook_size, k, d_ptr, i_ptr, norm_ptr)
-            else:
-                faiss.knn_inner_product(x_ptr, c_ptr, dim, n, codebook_size, k, d_ptr, i_ptr)
-        finally:
-            faiss.cvar.distance_compute_blas_query_bs, faiss.cvar.distance_compute_blas_database_bs = saved
+    x_ptr = swig_ptr_from_FloatTensor(x)
+    c_ptr = swig_ptr_from_FloatTensor(codebook)
+    d_ptr = swig_ptr_from_FloatTensor(distances)
+    i_ptr = swig_ptr_from_IndicesTensor(indices)
+    if metric == "l2":
+        norm_ptr = None if codebook_sqnorm is None else swig_ptr_from_FloatTensor(codebook_sqnorm)
+        faiss.knn_L2sqr(x_ptr, c_ptr, dim, n, codebook_size, k, d_ptr, i_ptr, norm_ptr)
+    else:
+        faiss.knn_inner_product(x_ptr, c_ptr, dim, n, codebook_size, k, d_ptr, i_ptr)
     return distances, indices
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import Quantizer, rotation_trick, straight_through
+from .base import Quantizer, check_finite_scores, rotation_trick, straight_through
 from .codebook import Codebook
 from .output import QuantizerOutput, perplexity_from_counts
 
@@ -41,8 +41,9 @@ class VectorQuantizer(Quantizer):
         ema_decay: EMA decay of the code updates, or None to train the codes by gradient through
             the codebook loss ``mse(codes, sg(x))``.
         commitment_weight: weight of the commitment loss ``mse(x, sg(codes))``.
-        kmeans_init: fit the codes by k-means on the first training batch (or batches).
+        kmeans_init: fit the codes by k-means on the first training batches.
         kmeans_iters: Lloyd iterations of that fit.
+        kmeans_init_points: vectors collected for that fit; None: ``min(16 K, max(K, 2**18))``.
         dead_code_threshold: restart a code after it goes unused for this many training steps;
             None disables restarts.
         rotation_trick: pass gradients with the rotation trick instead of the straight-through copy.
@@ -62,6 +63,7 @@ class VectorQuantizer(Quantizer):
         commitment_weight: float = 0.25,
         kmeans_init: bool = True,
         kmeans_iters: int = 10,
+        kmeans_init_points: int | None = None,
         dead_code_threshold: int | None = 100,
         rotation_trick: bool = False,
         channel_first: bool = False,
@@ -80,12 +82,14 @@ class VectorQuantizer(Quantizer):
             ema_decay=ema_decay,
             kmeans_init=kmeans_init,
             kmeans_iters=kmeans_iters,
+            kmeans_init_points=kmeans_init_points,
             dead_code_threshold=dead_code_threshold,
             seed=seed,
         )
 
     def forward(self, x: Tensor) -> QuantizerOutput:
-        flat, lead_shape = self._flatten(x)
+        # In eval the search distances stand in for the element-wise finite check.
+        flat, lead_shape = self._flatten(x, check_finite=self.training)
         codebook = self.codebook
 
         with torch.autocast(device_type=flat.device.type, enabled=False):
@@ -96,6 +100,8 @@ class VectorQuantizer(Quantizer):
             scores, ids = codebook.search_codes(query)
             ids = ids[:, 0]
             scores = scores[:, 0]
+            if not self.training:
+                check_finite_scores(scores, flat)
             codes = codebook.lookup(ids)
 
             if self.training:
