@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from vqkit.quantizers import VectorQuantizer
+
 SECTION_HEADING = "## Quantizers"
 
 LEARNING_NAMES = {"vqkit": "vqkit VectorQuantizer", "faiss_kmeans": "faiss.Kmeans", "vqp": "vqp VectorQuantize"}
@@ -191,10 +193,14 @@ def render_search(search: dict[str, object]) -> str:
 def describe_learning_setup(config: dict[str, object]) -> str:
     sizes = config["codebook_sizes"]
     thresholds = ", ".join(f"{config['vqp_dead_code_thresholds'][size]:g} at K={size}" for size in sizes)
-    if config["batch_size"] >= max(sizes):
-        kmeans_data = f"the first batch of {config['batch_size']} vectors"
-    else:
-        kmeans_data = "the first batch (vqp) or the first batches that contain K vectors (vqkit)"
+    # vqkit's default number of vectors collected for its k-means fit, per K.
+    vqkit_points = ", ".join(
+        f"{VectorQuantizer(config['dim'], size).codebook.kmeans_init_points} at K={size}" for size in sizes
+    )
+    kmeans_data = (
+        f"the first batch of {config['batch_size']} vectors (vqp) and on the first batches that hold "
+        f"its default number of vectors (vqkit: {vqkit_points})"
+    )
     seeds = len(config["seeds"])
 
     return (
@@ -203,7 +209,7 @@ def describe_learning_setup(config: dict[str, object]) -> str:
         f"{seeds} {'seed' if seeds == 1 else 'seeds'}. vqkit `VectorQuantizer` (EMA decay {config['ema_decay']}, "
         f"restart after {config['vqkit_dead_code_steps']} unused steps) and vqp `VectorQuantize` "
         f"(EMA decay {config['ema_decay']}, `threshold_ema_dead_code` {thresholds}) run {config['steps']} "
-        f"train-mode forward passes on batches of {config['batch_size']}, reshuffled each epoch. Both fit a "
+        f"train-mode forward passes on batches of {config['batch_size']}, reshuffled each epoch. They fit a "
         f"k-means init ({config['kmeans_iters']} iterations) on {kmeans_data}. "
         f"faiss.Kmeans runs {config['faiss_iters']} iterations on the whole training set. "
         "Every codebook is scored by the exact nearest code of each held-out point. MSE / variance is the "
