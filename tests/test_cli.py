@@ -45,6 +45,13 @@ def fake_benchmarks(tmp_path, monkeypatch):
         "    print('quantizers ran with', argv, helper.SCALE, Row('rvq'))\n"
         "    return 0\n"
     )
+    # Other shipped bench targets get a stub file each, so that `bench all` can load them.
+    for entry in commands.command_targets("bench"):
+        if not isinstance(entry.handler, str) or not entry.handler.startswith(commands.BENCHMARK_MODULE_PREFIX):
+            continue
+        stub = root / (entry.handler.partition(":")[0].removeprefix(commands.BENCHMARK_MODULE_PREFIX) + ".py")
+        if not stub.exists():
+            stub.write_text("def main(argv=None):\n    return 0\n")
     monkeypatch.setattr(commands, "benchmarks_root", lambda: root)
     yield root
     for name in [name for name in sys.modules if name.partition(".")[0] == commands.BENCHMARK_PACKAGE]:
@@ -202,6 +209,6 @@ def test_unregister_command_removes_target(isolated_targets):
 
     commands.unregister_command("decode", "codes")
 
-    assert commands.command_targets("decode") == []
+    assert "codes" not in [entry.name for entry in commands.command_targets("decode")]
     with pytest.raises(ValueError, match="unknown decode target 'codes'"):
         commands.unregister_command("decode", "codes")

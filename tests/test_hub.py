@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 
 import httpx
@@ -309,3 +310,13 @@ def test_checkpoints_root_contains_readme():
 
     assert root.name == "checkpoints"
     assert (root / "README.md").is_file()
+
+
+def test_saved_files_follow_umask(tmp_path):
+    old_umask = os.umask(0o022)
+    try:
+        TinyCodec().save_pretrained(tmp_path / "ckpt")
+    finally:
+        os.umask(old_umask)
+    for name in ("config.json", "model.safetensors"):
+        assert stat.S_IMODE((tmp_path / "ckpt" / name).stat().st_mode) == 0o644, name

@@ -81,6 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    # FAISS logs at INFO which CPU-specific build it tried and failed to load, which reads like
+    # an error; only its warnings are shown.
+    logging.getLogger("faiss.loader").setLevel(max(logging.WARNING, logging.getLogger().level))
 
     if args.command is None:
         parser.print_help(sys.stderr)

@@ -66,6 +66,36 @@ _SHIPPED_TARGETS: tuple[CommandTarget, ...] = (
         "benchmarks.quantizers:main",
         "Quantizer benchmarks from benchmarks/quantizers.py.",
     ),
+    CommandTarget(
+        "train",
+        "image-tokenizer",
+        "vqkit.tokenizers.image_train:main",
+        "Train the RQ-VAE image tokenizer (image-rqvae-64) on crops of the bundled photos.",
+    ),
+    CommandTarget(
+        "eval",
+        "image-tokenizer",
+        "vqkit.evals.image_tokenizer:main",
+        "Evaluate the image tokenizer on the held-out photos; writes results/image_tokenizer.*.",
+    ),
+    CommandTarget(
+        "encode",
+        "image",
+        "vqkit.tokenizers.image_codes:encode_main",
+        "Encode an image file into a safetensors codes file with the image tokenizer.",
+    ),
+    CommandTarget(
+        "decode",
+        "image",
+        "vqkit.tokenizers.image_codes:decode_main",
+        "Decode a codes file written by `vqkit encode image` into an image file.",
+    ),
+    CommandTarget(
+        "bench",
+        "image-tokenizer",
+        "benchmarks.image_tokenizer:main",
+        "Image tokenizer vs diffusers VQModel encode+decode speed, from benchmarks/image_tokenizer.py.",
+    ),
 )
 
 _targets: dict[str, dict[str, CommandTarget]] = {command: {} for command in TARGET_COMMANDS}

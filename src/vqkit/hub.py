@@ -91,6 +91,7 @@ class VQKitModelMixin(PyTorchModelHubMixin):
             if existing_card.is_file():
                 shutil.copy2(existing_card, staging / MODEL_CARD_FILE)
             super().save_pretrained(staging, config=config, model_card_kwargs=model_card_kwargs)
+            _apply_umask(staging)
             if target.is_dir():
                 _check_replaceable(target, staging)
             _fsync_tree(staging)
@@ -165,8 +166,24 @@ class VQKitModelMixin(PyTorchModelHubMixin):
         return model
 
 
+def _apply_umask(folder: Path) -> None:
+    """Give the files in `folder` the permissions of a newly created file (0o666 less the umask).
+
+    safetensors 0.8 writes its files with mode 0o600 whatever the umask, which leaves a
+    checkpoint unreadable to other users.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.iterdir():
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
+
+
 def _resolve_registered_name(cls: type, name_or_path: str | os.PathLike[str]) -> str:
-    """Return the shipped checkpoint folder when `name_or_path` is a registered name, else the argument as a string."""
+    """Return the shipped checkpoint folder when `name_or_path` is a registered name, else the argument as a string.
+
+    Raises FileNotFoundError, saying how to restore or train it, when a registered name's folder is missing.
+    """
     from vqkit import registry
 
     if not registry.is_registered(name_or_path):
@@ -179,7 +196,7 @@ def _resolve_registered_name(cls: type, name_or_path: str | os.PathLike[str]) ->
             f"model name {entry.name!r} is registered for {entry.model_class}, not for "
             f"{cls.__module__}.{cls.__qualname__}. Load it with vqkit.load({entry.name!r})."
         )
-    return str(entry.path)
+    return str(entry.require_checkpoint())
 
 
 def _validate_device(device: str | torch.device) -> str:

@@ -36,6 +36,8 @@ class ModelEntry:
     """Checkpoint folder, relative to `checkpoints_root()`, with POSIX separators."""
     description: str
     """One line for `vqkit list` and the demo's About tab."""
+    train_command: str = ""
+    """Command that trains the checkpoint, shown when its folder is missing; empty when there is none."""
 
     @property
     def path(self) -> Path:
@@ -49,11 +51,28 @@ class ModelEntry:
             raise TypeError(f"{self.model_class!r}, registered for model {self.name!r}, is not a class")
         return model_class
 
+    def require_checkpoint(self) -> Path:
+        """Return `path`, or raise FileNotFoundError saying how to restore or train it when the folder is missing."""
+        folder = self.path
+        if folder.is_dir():
+            return folder
+        if self.train_command:
+            remedy = f"Train it with `{self.train_command}` from the repository root."
+        else:
+            remedy = "Restore it from the vqkit repository, or reinstall vqkit."
+        raise FileNotFoundError(f"checkpoint folder for model {self.name!r} not found: {folder}. {remedy}")
 
-# Models that ship with vqkit. Add one ModelEntry per folder under checkpoints/, for example
-#     ModelEntry("image-rqvae-64", "vqkit.models.rqvae:RQVAE", "image-rqvae-64",
-#                "Residual VQ-VAE for 64x64 RGB images"),
-_SHIPPED_MODELS: tuple[ModelEntry, ...] = ()
+
+# Models that ship with vqkit, one ModelEntry per folder under checkpoints/.
+_SHIPPED_MODELS: tuple[ModelEntry, ...] = (
+    ModelEntry(
+        "image-rqvae-64",
+        "vqkit.tokenizers.image:ImageTokenizer",
+        "image-rqvae-64",
+        "RQ-VAE image tokenizer trained on 64x64 photo crops: 4 residual levels, 512 shared codes, 4x downsampling",
+        train_command="vqkit train image-tokenizer --config small --out checkpoints/image-rqvae-64",
+    ),
+)
 
 _models: dict[str, ModelEntry] = {entry.name: entry for entry in _SHIPPED_MODELS}
 
@@ -69,15 +88,18 @@ def register_model(
     checkpoint: str,
     description: str,
     *,
+    train_command: str = "",
     replace: bool = False,
 ) -> ModelEntry:
     """Register a pretrained model under a short name and return its entry.
 
     `model_class` is a "package.module:Class" string, imported only when the model is loaded.
-    `checkpoint` is a folder relative to `checkpoints_root()`. Registering a name again with
-    the same values does nothing, and with other values raises ValueError unless `replace` is true.
+    `checkpoint` is a folder relative to `checkpoints_root()`. `train_command`, when given, is
+    the command line that trains the checkpoint, shown when the folder is missing. Registering
+    a name again with the same values does nothing, and with other values raises ValueError
+    unless `replace` is true.
     """
-    entry = _make_entry(name, model_class, checkpoint, description)
+    entry = _make_entry(name, model_class, checkpoint, description, train_command)
     existing = _models.get(name)
     if existing is not None and existing != entry and not replace:
         raise ValueError(
@@ -94,7 +116,7 @@ def unregister_model(name: str) -> None:
     del _models[name]
 
 
-def _make_entry(name: str, model_class: str, checkpoint: str, description: str) -> ModelEntry:
+def _make_entry(name: str, model_class: str, checkpoint: str, description: str, train_command: str = "") -> ModelEntry:
     if not isinstance(name, str) or not _NAME_PATTERN.match(name):
         raise ValueError(
             f"invalid model name {name!r}: use lowercase letters, digits, '.', '_' and '-', "
@@ -109,7 +131,9 @@ def _make_entry(name: str, model_class: str, checkpoint: str, description: str) 
         )
     if not description or "\n" in description:
         raise ValueError(f"invalid description {description!r} for model {name!r}: give one non-empty line")
-    return ModelEntry(name, model_class, str(checkpoint_path), description)
+    if not isinstance(train_command, str) or "\n" in train_command:
+        raise ValueError(f"invalid train_command {train_command!r} for model {name!r}: give one line or ''")
+    return ModelEntry(name, model_class, str(checkpoint_path), description, train_command)
 
 
 def is_registered(name: Any) -> bool:
@@ -155,11 +179,6 @@ def load(name: str, device: str | torch.device = "cpu") -> torch.nn.Module:
             "vqkit.hub.VQKitModelMixin, so vqkit cannot load its checkpoint"
         )
 
-    folder = entry.path
-    if not folder.is_dir():
-        raise FileNotFoundError(
-            f"checkpoint folder for model {name!r} not found: {folder}. "
-            "Restore it from the vqkit repository, or reinstall vqkit."
-        )
+    folder = entry.require_checkpoint()
     logger.info("Loading model %s (%s) from %s onto %s", name, entry.model_class, folder, device)
     return model_class.from_pretrained(str(folder), map_location=device)

@@ -33,9 +33,8 @@ class TabEntry:
         return import_object(self.builder)
 
 
-# Built-in tabs, in display order. Add one TabEntry per capability, for example
-#     TabEntry("Image tokenizer", "vqkit.demos.image_tokenizer:build_tab"),
-_SHIPPED_TABS: tuple[TabEntry, ...] = ()
+# Built-in tabs, in display order. Add one TabEntry per capability.
+_SHIPPED_TABS: tuple[TabEntry, ...] = (TabEntry("Image tokenizer", "vqkit.demos.image_tokenizer:build_tab"),)
 
 _tabs: dict[str, TabEntry] = {entry.title: entry for entry in _SHIPPED_TABS}
 

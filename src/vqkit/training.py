@@ -1,0 +1,168 @@
+"""Pieces that every vqkit training loop shares: process-group set-up, learning-rate schedule
+and training-state checkpoints in safetensors.
+
+A training-state file contains tensors (model weights, optimizer moments, random-generator
+states) and a JSON metadata string (step, configuration, optimizer hyperparameters). It is
+written to a temporary file and renamed into place, so a run killed while saving leaves the
+previous state file intact. Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+# Key of the JSON metadata inside a training-state file's safetensors header.
+METADATA_KEY = "vqkit_training_state"
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """Rank, world size and device of this process (rank 0 of 1 without torchrun)."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0, the rank that logs and writes files."""
+        return self.rank == 0
+
+
+def setup_distributed(device: str = "auto") -> DistributedContext:
+    """Join the process group that `torchrun` describes in the environment, if any, and pick the device.
+
+    `device` is "auto" (CUDA when available, else the CPU), "cpu", "cuda" or "cuda:N".
+    Under torchrun (WORLD_SIZE > 1), CUDA ranks use NCCL on cuda:LOCAL_RANK and CPU ranks use
+    gloo. Raises ValueError when CUDA is requested but not available.
+    """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch_device = torch.device(device)
+    if torch_device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested, but CUDA is not available here. Pass --device cpu.")
+    if torch_device.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {device!r}: pass 'cpu', 'cuda' or 'cuda:N'")
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistributedContext(rank=0, world_size=1, device=torch_device)
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch_device.type == "cuda":
+        torch_device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(torch_device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch_device.type == "cuda" else "gloo")
+    rank = dist.get_rank()
+    logger.info("Joined process group: rank %d of %d on %s", rank, dist.get_world_size(), torch_device)
+    return DistributedContext(rank=rank, world_size=dist.get_world_size(), device=torch_device)
+
+
+def cosine_learning_rate(step: int, total_steps: int, peak: float, warmup_steps: int, final_fraction: float) -> float:
+    """Return the learning rate at 0-based `step`: linear warm-up to `peak`, then cosine decay to `final_fraction * peak`."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    floor = final_fraction * peak
+    return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * progress))
+
+
+# ---- training-state files --------------------------------------------------------------------
+
+
+def optimizer_state_tensors(optimizer: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Split `optimizer.state_dict()` into tensors named `PREFIX.PARAM_ID.KEY` and JSON-ready metadata.
+
+    The metadata contains the parameter groups (learning rate, betas, ...) and any non-tensor
+    per-parameter state.
+    """
+    state_dict = optimizer.state_dict()
+    tensors: dict[str, Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for param_id, param_state in state_dict["state"].items():
+        for key, value in param_state.items():
+            if isinstance(value, Tensor):
+                tensors[f"{prefix}.{param_id}.{key}"] = value
+            else:
+                scalars.setdefault(str(param_id), {})[key] = value
+    return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
+
+
+def load_optimizer_state(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor], metadata: dict[str, Any], prefix: str
+) -> None:
+    """Restore `optimizer` from the output of `optimizer_state_tensors`."""
+    state: dict[int, dict[str, Any]] = {}
+    for name, tensor in tensors.items():
+        if not name.startswith(prefix + "."):
+            continue
+        param_id, key = name[len(prefix) + 1 :].split(".", 1)
+        state.setdefault(int(param_id), {})[key] = tensor
+    for param_id, values in metadata.get("scalars", {}).items():
+        state.setdefault(int(param_id), {}).update(values)
+    optimizer.load_state_dict({"state": state, "param_groups": metadata["param_groups"]})
+
+
+def save_training_state(path: str | os.PathLike[str], tensors: dict[str, Tensor], metadata: dict[str, Any]) -> None:
+    """Write `tensors` and JSON `metadata` to the safetensors file `path`, replacing it atomically.
+
+    Tensors are copied to the CPU and made contiguous. The file is written next to `path`,
+    flushed to disk and renamed over it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cpu_tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in tensors.items()}
+    temporary = path.with_name(f".{path.name}.saving-{uuid.uuid4().hex[:8]}")
+    try:
+        save_file(cpu_tensors, temporary, metadata={METADATA_KEY: json.dumps(metadata)})
+        with open(temporary, "rb") as file:
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    if os.name == "posix":
+        descriptor = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+def load_training_state(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Read a file written by `save_training_state`; return (CPU tensors, metadata).
+
+    Raises FileNotFoundError when `path` does not exist and ValueError when it has no vqkit
+    training-state metadata.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training state not found: {path}")
+    with safe_open(path, framework="pt", device="cpu") as file:
+        header = file.metadata() or {}
+        tensors = {name: file.get_tensor(name) for name in file.keys()}
+    if METADATA_KEY not in header:
+        raise ValueError(f"{path} is not a vqkit training state: its header has no {METADATA_KEY!r} entry")
+    return tensors, json.loads(header[METADATA_KEY])
+
+
+def prefixed(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """Return the entries of `tensors` whose names start with `PREFIX.`, with the prefix removed."""
+    start = len(prefix) + 1
+    return {name[start:]: tensor for name, tensor in tensors.items() if name.startswith(prefix + ".")}
