@@ -23,14 +23,12 @@ from tqdm import tqdm
 
 from vqkit.quantizers import VectorQuantizer
 
-logger = logging.getLogger(__name__)
+if __package__:
+    from ._vqp import VQP_IMPORT_ERROR, VectorQuantize
+else:  # imported by `python benchmarks/quantizers.py`, which puts benchmarks/ on sys.path
+    from _vqp import VQP_IMPORT_ERROR, VectorQuantize
 
-VQP_IMPORT_ERROR: str | None = None
-try:
-    from vector_quantize_pytorch import VectorQuantize
-except ImportError as error:  # a test extra, not a vqkit dependency
-    VectorQuantize = None
-    VQP_IMPORT_ERROR = str(error)
+logger = logging.getLogger(__name__)
 
 CONTENDERS = ("vqkit", "faiss_kmeans", "vqp")
 METRICS = ("mse", "mse_over_variance", "code_usage", "perplexity", "seconds")

@@ -14,23 +14,11 @@ import numpy
 import torch
 
 import vqkit
+from vqkit.evals.machine import cpu_model
 
 # Shared libraries of OpenMP runtimes: GNU libgomp, Intel libiomp5 and LLVM libomp.
 _OPENMP_LIBRARY = re.compile(r"lib(gomp|iomp5|omp)\b[^/]*\.so")
 _BLAS_LIBRARY = re.compile(r"lib(openblas|mkl_rt|mkl_core|blis|flexiblas)[^/]*\.so")
-
-
-def cpu_model() -> str:
-    """Return the CPU's "model name" from /proc/cpuinfo, or platform.processor() where that file is missing."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def loaded_libraries(pattern: re.Pattern[str]) -> list[str]:

@@ -1,4 +1,8 @@
-"""Markdown rendering of the quantizer benchmark, and the update of its section in docs/benchmarks.md."""
+"""Markdown rendering of the benchmark reports.
+
+`markdown_table` and `replace_section` serve every benchmark. The rest renders the
+"## Quantizers" section of the quantizer benchmark.
+"""
 
 from __future__ import annotations
 
@@ -262,13 +266,13 @@ def render_section(
     return "\n\n".join(parts) + "\n"
 
 
-def replace_section(document: str, section: str) -> str:
-    """Return `document` with its "## Quantizers" section replaced by `section`, or with `section` appended.
+def replace_section(document: str, section: str, heading: str) -> str:
+    """Return `document` with the section under `heading` replaced by `section`, or with `section` appended.
 
     The old section runs from its heading to the next level-2 heading or the end of the file.
     """
     lines = document.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION_HEADING), None)
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == heading), None)
     if start is None:
         if not document:
             return section

@@ -21,17 +21,12 @@ from vqkit.quantizers import VectorQuantizer
 
 if __package__:
     from . import _timing
+    from ._vqp import VQP_IMPORT_ERROR, VectorQuantize
 else:  # imported by `python benchmarks/quantizers.py`, which puts benchmarks/ on sys.path
     import _timing
+    from _vqp import VQP_IMPORT_ERROR, VectorQuantize
 
 logger = logging.getLogger(__name__)
-
-VQP_IMPORT_ERROR: str | None = None
-try:
-    from vector_quantize_pytorch import VectorQuantize
-except ImportError as error:  # a test extra, not a vqkit dependency
-    VectorQuantize = None
-    VQP_IMPORT_ERROR = str(error)
 
 # vector-quantize-pytorch builds several (rows, K) tensors per call: the distances, their
 # intermediates and an int64 one-hot matrix. It runs on row chunks of at most this many

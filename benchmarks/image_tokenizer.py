@@ -18,28 +18,23 @@ Both paths are relative to the working directory.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
-import re
-import shlex
 import statistics
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-# vqkit imports torch before faiss, so that FAISS shares torch's OpenMP thread pool; see
-# benchmarks/quantizers.py for what the other order costs.
-FAISS_IMPORTED_BEFORE_TORCH = "faiss" in sys.modules and "torch" not in sys.modules
-import torch  # noqa: E402
-
+# _common comes first: it records whether faiss was imported before torch, then imports torch.
 if __package__:
-    from . import _machine, _timing
+    from . import _common, _machine, _report, _timing
 else:  # `python benchmarks/image_tokenizer.py` puts benchmarks/ on sys.path instead of importing a package
+    import _common
     import _machine
+    import _report
     import _timing
+
+import torch  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +64,7 @@ QUICK = BenchConfig(image_sizes=(32,), batch_sizes=(2, 1), repeats=2, min_second
 
 def model_kwargs() -> dict[str, object]:
     """Return the ImageTokenizer arguments of the "small" training configuration, defaults filled in."""
-    from vqkit.tokenizers.image_train import CONFIGS, full_model_kwargs
+    from vqkit.tokenizers.image_train_config import CONFIGS, full_model_kwargs
 
     return full_model_kwargs(CONFIGS[MODEL_CONFIG].model)
 
@@ -206,47 +201,14 @@ def render_section(machine: dict[str, object], command: str, wall_seconds: float
         for row in bench["rows"]
     ]
     columns = ["Input", "Batch", f"{CONTENDERS['vqkit']} (images/s)", f"{CONTENDERS['diffusers']} (images/s)", "Ratio"]
-    return "\n\n".join([SECTION_HEADING, header, setup, markdown_table(columns, rows)]) + "\n"
+    return "\n\n".join([SECTION_HEADING, header, setup, _report.markdown_table(columns, rows)]) + "\n"
 
 
 def _format(value: float) -> str:
     return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def replace_section(document: str, section: str, heading: str = SECTION_HEADING) -> str:
-    """Return `document` with the section under `heading` replaced by `section`, or with `section` appended.
-
-    The old section runs from its heading to the next level-2 heading or the end of the file.
-    """
-    lines = document.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == heading), None)
-    if start is None:
-        if not document:
-            return section
-        separator = "\n" if document.endswith("\n") else "\n\n"
-        return document + separator + section
-    end = next((i for i in range(start + 1, len(lines)) if re.match(r"## ", lines[i])), len(lines))
-    tail = "".join(lines[end:])
-    return "".join(lines[:start]) + section + ("\n" + tail if tail else "")
-
-
 # ---- command line ------------------------------------------------------------------------------
-
-
-def parse_thread_count(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"invalid thread count {value!r}: give an integer >= 1")
-    return number
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -261,28 +223,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         help=f"run in seconds, for smoke tests: {QUICK.image_sizes[0]}x{QUICK.image_sizes[0]} inputs at batch "
         f"{' and '.join(map(str, QUICK.batch_sizes))}, {QUICK.repeats} repeats",
     )
-    parser.add_argument(
-        "--threads",
-        type=parse_thread_count,
-        metavar="N",
-        default=os.cpu_count() or 1,
-        help="threads for torch and FAISS (default: os.cpu_count(), here %(default)s)",
-    )
-    parser.add_argument(
-        "--out-md",
-        type=Path,
-        default=DEFAULT_MARKDOWN,
-        metavar="FILE",
-        help=f"markdown file whose '{SECTION_HEADING}' section is replaced (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--out-json",
-        type=Path,
-        default=DEFAULT_JSON,
-        metavar="FILE",
-        help="file for the raw results (default: %(default)s)",
-    )
-    parser.add_argument("--no-write", action="store_true", help="print the report only; write no files")
+    _common.add_common_arguments(parser, SECTION_HEADING, DEFAULT_MARKDOWN, DEFAULT_JSON)
     return parser
 
 
@@ -291,33 +232,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     With `argv` None the arguments come from sys.argv, as in `python benchmarks/image_tokenizer.py`.
     """
-    command_prefix = SCRIPT_COMMAND if argv is None else CLI_COMMAND
-    argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(prog=command_prefix)
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_request:  # --help or an invalid argument
-        return exit_request.code if isinstance(exit_request.code, int) else 2
-    command = " ".join([command_prefix, *map(shlex.quote, argv)])
+    parsed = _common.parse_arguments(build_parser, argv, CLI_COMMAND, SCRIPT_COMMAND)
+    if isinstance(parsed, int):  # the exit status after --help or an invalid argument
+        return parsed
+    args, command = parsed
 
-    load_before = _machine.load_average()
-    start = time.perf_counter()
-    with _timing.thread_count(args.threads):
+    with _common.timed_run(args.threads) as run:
         bench = run_benchmark(QUICK if args.quick else FULL)
-    wall_seconds = time.perf_counter() - start
-    machine = _machine.describe_machine(args.threads, FAISS_IMPORTED_BEFORE_TORCH, load_before)
+    wall_seconds, machine = run.wall_seconds, run.machine
     machine["diffusers"] = _machine.package_version("diffusers")
 
     section = render_section(machine, command, wall_seconds, bench)
     print(section)
     if not args.no_write:
-        document = args.out_md.read_text(encoding="utf-8") if args.out_md.exists() else "# Benchmarks\n"
-        args.out_md.parent.mkdir(parents=True, exist_ok=True)
-        args.out_md.write_text(replace_section(document, section), encoding="utf-8")
-        args.out_json.parent.mkdir(parents=True, exist_ok=True)
+        _common.write_markdown(args.out_md, section, SECTION_HEADING)
         results = {"command": command, "wall_seconds": wall_seconds, "machine": machine, **bench}
-        args.out_json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-        logger.info("Wrote %s and %s", args.out_md, args.out_json)
+        _common.write_json(args.out_json, results)
     return 0
 
 

@@ -14,33 +14,19 @@ numbers to results/bench_quantizers.json. Both paths are relative to the working
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
-import shlex
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
-# Import torch before faiss, as `import vqkit` does. The faiss-cpu wheel bundles its own libgomp.
-# When torch is loaded first, FAISS's OpenMP calls bind to torch's libgomp, so both libraries
-# share one thread pool. When faiss comes first, each keeps its own pool, and the idle threads
-# of one pool spin while the other works. With faiss-cpu 1.15.1 and torch 2.14.1 on a 2-core
-# AMD EPYC VM, vqkit's eval forward (N=4096, D=64, K=1024) then ran 2.4x slower and its training
-# steps about 8x slower, because both alternate torch ops and FAISS calls. The report states
-# which case the run measured.
-FAISS_IMPORTED_BEFORE_TORCH = "faiss" in sys.modules and "torch" not in sys.modules
-import torch  # noqa: E402, F401  (imported for its side effect on the OpenMP runtime, see above)
-
+# _common comes first: it records whether faiss was imported before torch, then imports torch.
 if __package__:
-    from . import _learning_bench, _machine, _report, _search_bench, _timing
+    from . import _common, _learning_bench, _report, _search_bench
 else:  # `python benchmarks/quantizers.py` puts benchmarks/ on sys.path instead of importing a package
+    import _common
     import _learning_bench
-    import _machine
     import _report
     import _search_bench
-    import _timing
 
 logger = logging.getLogger(__name__)
 
@@ -101,16 +87,6 @@ QUICK_LEARNING = _learning_bench.LearningConfig(
 )
 
 
-def parse_thread_count(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"invalid thread count {value!r}: give an integer >= 1")
-    return number
-
-
 def _format_set(values: Sequence[int]) -> str:
     return "{" + ", ".join(map(str, values)) + "}"
 
@@ -135,29 +111,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         help="which part to run: a (search), b (learning) or all (default). The written section then "
         "contains only the parts that ran.",
     )
-    parser.add_argument(
-        "--threads",
-        type=parse_thread_count,
-        metavar="N",
-        default=os.cpu_count() or 1,
-        help="threads for both torch and FAISS (default: os.cpu_count(), here %(default)s)",
-    )
-    parser.add_argument(
-        "--out-md",
-        type=Path,
-        default=DEFAULT_MARKDOWN,
-        metavar="FILE",
-        help="markdown file whose '## Quantizers' section is replaced, relative to the current directory "
-        "(default: %(default)s)",
-    )
-    parser.add_argument(
-        "--out-json",
-        type=Path,
-        default=DEFAULT_JSON,
-        metavar="FILE",
-        help="file for the raw results, relative to the current directory (default: %(default)s)",
-    )
-    parser.add_argument("--no-write", action="store_true", help="print the report only; write no files")
+    _common.add_common_arguments(parser, _report.SECTION_HEADING, DEFAULT_MARKDOWN, DEFAULT_JSON)
     return parser
 
 
@@ -217,20 +171,6 @@ def evaluate_targets(search: dict[str, object] | None, learning: dict[str, objec
     ]
 
 
-def write_markdown(path: Path, section: str) -> None:
-    """Replace the quantizer section of the markdown file at `path`, creating the file if needed."""
-    document = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(_report.replace_section(document, section), encoding="utf-8")
-    logger.info("Wrote the report to %s", path)
-
-
-def write_json(path: Path, results: dict[str, object]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    logger.info("Wrote the raw results to %s", path)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark, print the report and write it unless --no-write; return the exit status.
 
@@ -238,24 +178,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     None the arguments come from sys.argv, as in `python benchmarks/quantizers.py`, while
     `vqkit bench quantizers` passes them explicitly.
     """
-    command_prefix = SCRIPT_COMMAND if argv is None else CLI_COMMAND
-    argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(prog=command_prefix)
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_request:  # --help or an invalid argument
-        return exit_request.code if isinstance(exit_request.code, int) else 2
-    command = " ".join([command_prefix, *map(shlex.quote, argv)])
+    parsed = _common.parse_arguments(build_parser, argv, CLI_COMMAND, SCRIPT_COMMAND)
+    if isinstance(parsed, int):  # the exit status after --help or an invalid argument
+        return parsed
+    args, command = parsed
 
     search_config = QUICK_SEARCH if args.quick else FULL_SEARCH
     learning_config = QUICK_LEARNING if args.quick else FULL_LEARNING
-    load_before = _machine.load_average()
-    start = time.perf_counter()
-    with _timing.thread_count(args.threads):
+    with _common.timed_run(args.threads) as run:
         search = _search_bench.run_search_benchmark(search_config) if args.part in ("a", "all") else None
         learning = _learning_bench.run_learning_benchmark(learning_config) if args.part in ("b", "all") else None
-    wall_seconds = time.perf_counter() - start
-    machine = _machine.describe_machine(args.threads, FAISS_IMPORTED_BEFORE_TORCH, load_before)
+    wall_seconds, machine = run.wall_seconds, run.machine
 
     targets = evaluate_targets(search, learning)
     section = _report.render_section(machine, command, wall_seconds, targets, search, learning)
@@ -269,8 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "learning": learning,
     }
     if not args.no_write:
-        write_markdown(args.out_md, section)
-        write_json(args.out_json, results)
+        _common.write_markdown(args.out_md, section, _report.SECTION_HEADING)
+        _common.write_json(args.out_json, results)
     logger.info("Quantizer benchmark finished in %.0f s", wall_seconds)
     return 0
 

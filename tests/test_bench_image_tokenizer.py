@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 
 import pytest
 
@@ -22,18 +21,10 @@ def benchmark():
 
 
 @pytest.fixture(scope="module")
-def written_run(benchmark, tmp_path_factory):
+def written_run(benchmark, tmp_path_factory, run_benchmark_with_outputs):
     """Run `--quick --threads 1` once with both outputs in a temporary folder; return (status, stdout, markdown, results)."""
     folder = tmp_path_factory.mktemp("bench")
-    markdown = folder / "benchmarks.md"
-    markdown.write_text(OTHER_SECTIONS, encoding="utf-8")
-    results_path = folder / "results" / "bench_image_tokenizer.json"
-    output = io.StringIO()
-    with contextlib.redirect_stdout(output):
-        status = benchmark.main(
-            ["--quick", "--threads", "1", "--out-md", str(markdown), "--out-json", str(results_path)]
-        )
-    return status, output.getvalue(), markdown.read_text(encoding="utf-8"), json.loads(results_path.read_text())
+    return run_benchmark_with_outputs(benchmark, folder, OTHER_SECTIONS, ["--quick", "--threads", "1"])
 
 
 def test_json_has_both_models_per_shape(written_run, benchmark):
@@ -73,9 +64,11 @@ def test_markdown_section_replaced_and_rest_kept(written_run):
 
 
 def test_replace_section_appends_when_missing(benchmark):
-    assert benchmark.replace_section("# Benchmarks\n", "## Image tokenizer\n\nnew\n") == (
-        "# Benchmarks\n\n## Image tokenizer\n\nnew\n"
+    document = benchmark._report.replace_section(
+        "# Benchmarks\n", "## Image tokenizer\n\nnew\n", benchmark.SECTION_HEADING
     )
+
+    assert document == "# Benchmarks\n\n## Image tokenizer\n\nnew\n"
 
 
 def test_no_write_leaves_folder_empty(benchmark, tmp_path, monkeypatch):

@@ -5,9 +5,6 @@ The module is loaded the way `vqkit bench quantizers` loads it, as vqkit_benchma
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import math
 
 import pytest
@@ -43,13 +40,6 @@ def find_table(tables: list[list[dict[str, str]]], column: str) -> list[dict[str
     return matches[0]
 
 
-def run_main(benchmark, argv: list[str]) -> tuple[int, str]:
-    output = io.StringIO()
-    with contextlib.redirect_stdout(output):
-        status = benchmark.main(argv)
-    return status, output.getvalue()
-
-
 @pytest.fixture(scope="module")
 def benchmark():
     return commands.load_benchmark_module("quantizers")
@@ -60,26 +50,23 @@ def benchmark():
 
 
 @pytest.fixture(scope="module")
-def printed_run(benchmark, tmp_path_factory):
+def printed_run(benchmark, tmp_path_factory, run_benchmark):
     """Run `--quick --no-write` once, from an empty working directory; return (status, stdout, folder)."""
     folder = tmp_path_factory.mktemp("no-write")
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)
-        status, output = run_main(benchmark, ["--quick", "--no-write", "--threads", "1"])
+        status, output = run_benchmark(benchmark, ["--quick", "--no-write", "--threads", "1"])
     return status, output, folder
 
 
 @pytest.fixture(scope="module")
-def written_run(benchmark, tmp_path_factory):
+def written_run(benchmark, tmp_path_factory, run_benchmark_with_outputs):
     """Run `--quick` once with both outputs in a temporary folder; return (status, markdown, results)."""
     folder = tmp_path_factory.mktemp("written")
-    markdown = folder / "benchmarks.md"
-    markdown.write_text(OTHER_SECTIONS, encoding="utf-8")
-    results_path = folder / "results" / "bench_quantizers.json"
-    status, _ = run_main(
-        benchmark, ["--quick", "--threads", "1", "--out-md", str(markdown), "--out-json", str(results_path)]
+    status, _, markdown, results = run_benchmark_with_outputs(
+        benchmark, folder, OTHER_SECTIONS, ["--quick", "--threads", "1"]
     )
-    return status, markdown.read_text(encoding="utf-8"), json.loads(results_path.read_text(encoding="utf-8"))
+    return status, markdown, results
 
 
 def test_printed_run_succeeds_without_files(printed_run):
@@ -199,15 +186,19 @@ def test_markdown_section_replaced_and_rest_kept(written_run):
 def test_replace_section_appends_when_missing(benchmark):
     report = benchmark._report
 
-    assert report.replace_section("# Benchmarks\n", "## Quantizers\n\nnew\n") == "# Benchmarks\n\n## Quantizers\n\nnew\n"
-    assert report.replace_section("", "## Quantizers\n") == "## Quantizers\n"
+    assert report.replace_section("# Benchmarks\n", "## Quantizers\n\nnew\n", report.SECTION_HEADING) == (
+        "# Benchmarks\n\n## Quantizers\n\nnew\n"
+    )
+    assert report.replace_section("", "## Quantizers\n", report.SECTION_HEADING) == "## Quantizers\n"
 
 
 def test_replace_section_keeps_subsections_inside(benchmark):
     report = benchmark._report
     document = "# B\n\n## Quantizers\n\nold\n\n### Old table\n\nold\n\n## Models\n\nx\n"
 
-    assert report.replace_section(document, "## Quantizers\n\nnew\n") == "# B\n\n## Quantizers\n\nnew\n\n## Models\n\nx\n"
+    assert report.replace_section(document, "## Quantizers\n\nnew\n", report.SECTION_HEADING) == (
+        "# B\n\n## Quantizers\n\nnew\n\n## Models\n\nx\n"
+    )
 
 
 def test_invalid_thread_count_returns_usage_error(benchmark, capsys):

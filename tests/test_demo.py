@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
-import socket
 import subprocess
 import sys
 import time
@@ -21,63 +19,10 @@ from vqkit.demos.app import build_app  # noqa: E402
 VQKIT_SCRIPT = Path(sys.executable).with_name("vqkit")
 
 
-def find_free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def is_loopback(address) -> bool:
-    if not isinstance(address, tuple):
-        return True  # a Unix socket path
-    host = str(address[0]).split("%")[0]
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
-@pytest.fixture
-def loopback_only(monkeypatch):
-    """Block and record every outgoing connection that is not to a loopback address."""
-    blocked = []
-    real_connect = socket.socket.connect
-    real_connect_ex = socket.socket.connect_ex
-
-    def guarded(real):
-        def connect(sock, address):
-            if not is_loopback(address):
-                blocked.append(address)
-                raise OSError(f"test blocked a connection to {address!r}")
-            return real(sock, address)
-
-        return connect
-
-    monkeypatch.setattr(socket.socket, "connect", guarded(real_connect))
-    monkeypatch.setattr(socket.socket, "connect_ex", guarded(real_connect_ex))
-    return blocked
-
-
 @pytest.fixture
 def empty_registries(monkeypatch):
     monkeypatch.setattr(registry, "_models", {})
     monkeypatch.setattr(tabs, "_tabs", {})
-
-
-@pytest.fixture
-def serve():
-    """Return a function that serves a gradio app on a free loopback port and returns its URL."""
-    apps = []
-
-    def start(app) -> str:
-        port = find_free_port()
-        app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-        apps.append(app)
-        return f"http://127.0.0.1:{port}/"
-
-    yield start
-    for app in apps:
-        app.close()
 
 
 def build_echo_tab() -> None:
@@ -143,7 +88,7 @@ def test_register_tab_rejects_conflicting_builder(empty_registries):
     assert tabs.list_tabs() == []
 
 
-def test_demo_command_serves_about_tab(loopback_only, tmp_path):
+def test_demo_command_serves_about_tab(loopback_only, find_free_port, tmp_path):
     port = find_free_port()
     url = f"http://127.0.0.1:{port}/"
     log_path = tmp_path / "demo.log"

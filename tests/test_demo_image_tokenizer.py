@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import socket
 import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -33,54 +31,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-
-
-def find_free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def is_loopback_host(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.strip("[]").split("%")[0]).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
-@pytest.fixture
-def loopback_only(monkeypatch):
-    """Block and record every outgoing connection of this process that is not to a loopback address."""
-    blocked = []
-
-    def guarded(real):
-        def connect(sock, address):
-            if isinstance(address, tuple) and not is_loopback_host(str(address[0])):
-                blocked.append(address)
-                raise OSError(f"test blocked a connection to {address!r}")
-            return real(sock, address)
-
-        return connect
-
-    monkeypatch.setattr(socket.socket, "connect", guarded(socket.socket.connect))
-    monkeypatch.setattr(socket.socket, "connect_ex", guarded(socket.socket.connect_ex))
-    return blocked
-
-
-@pytest.fixture
-def serve():
-    """Return a function that serves a gradio app on a free loopback port and returns its URL."""
-    apps = []
-
-    def start(app) -> str:
-        port = find_free_port()
-        app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-        apps.append(app)
-        return f"http://127.0.0.1:{port}/"
-
-    yield start
-    for app in apps:
-        app.close()
 
 
 @pytest.fixture
@@ -198,7 +148,7 @@ def test_missing_checkpoint_shows_train_command(monkeypatch, tmp_path, loopback_
     assert loopback_only == []
 
 
-def test_page_shows_tab_in_chromium(tiny_model_env, serve):
+def test_page_shows_tab_in_chromium(tiny_model_env, serve, is_loopback_host):
     if not CHROMIUM.is_file():
         pytest.skip(f"Chromium not found at {CHROMIUM}; install the Debian package chromium")
     sync_api = pytest.importorskip("playwright.sync_api")

@@ -16,7 +16,7 @@ from scipy import linalg
 from vqkit import cli
 from vqkit.data import images as image_data
 from vqkit.data.images import photo_tensor
-from vqkit.evals import image_tokenizer, metrics
+from vqkit.evals import image_tokenizer, image_tokenizer_report, metrics
 
 # ---- metrics -----------------------------------------------------------------------------------
 
@@ -231,7 +231,7 @@ def test_evaluate_rejects_empty_images(tiny_image_tokenizer):
 
 @pytest.mark.parametrize(("depth", "expected"), [(4, [1, 2, 4]), (3, [1, 2, 3]), (8, [1, 2, 4]), (2, [1, 2]), (1, [1])])
 def test_grid_depths(depth, expected):
-    assert image_tokenizer.grid_depths(depth) == expected
+    assert image_tokenizer_report.grid_depths(depth) == expected
 
 
 @pytest.fixture(scope="module")
@@ -255,7 +255,7 @@ def reject_constant(name: str):
 
 def test_eval_command_writes_json(eval_run, tiny_image_tokenizer_dir):
     status, _, out = eval_run
-    results = json.loads((out / image_tokenizer.JSON_FILE).read_text(), parse_constant=reject_constant)
+    results = json.loads((out / image_tokenizer_report.JSON_FILE).read_text(), parse_constant=reject_constant)
 
     assert status == 0
     assert results["model"] == str(tiny_image_tokenizer_dir)
@@ -270,7 +270,7 @@ def test_eval_command_writes_json(eval_run, tiny_image_tokenizer_dir):
 
 def test_eval_command_prints_and_writes_markdown(eval_run):
     _, printed, out = eval_run
-    markdown = (out / image_tokenizer.MARKDOWN_FILE).read_text()
+    markdown = (out / image_tokenizer_report.MARKDOWN_FILE).read_text()
     depth_rows = [line for line in markdown.splitlines() if line.startswith("| ") and line[2].isdigit()]
 
     assert printed == markdown
@@ -284,7 +284,7 @@ def test_eval_command_prints_and_writes_markdown(eval_run):
 def test_eval_command_writes_grid(eval_run):
     _, _, out = eval_run
 
-    with Image.open(out / image_tokenizer.GRID_FILE) as grid:
+    with Image.open(out / image_tokenizer_report.GRID_FILE) as grid:
         assert grid.format == "PNG"
         assert grid.width > grid.height > 100
 

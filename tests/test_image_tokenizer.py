@@ -20,8 +20,10 @@ import vqkit
 from vqkit import cli, registry
 from vqkit.data.images import PhotoCrops, photo_tensor
 from vqkit.tokenizers import image_train
-from vqkit.tokenizers.image import MAX_IMAGE_SIDE, ImageTokenizer, prepare_images
-from vqkit.tokenizers.image_train import CONFIGS, full_model_kwargs, train
+from vqkit.tokenizers.image import ImageTokenizer
+from vqkit.tokenizers.image_inputs import MAX_IMAGE_SIDE, prepare_images
+from vqkit.tokenizers.image_train import train
+from vqkit.tokenizers.image_train_config import CONFIGS, ImageTrainConfig, full_model_kwargs
 
 TINY = full_model_kwargs(CONFIGS["tiny"].model)
 
@@ -226,7 +228,7 @@ def test_tiny_image_uses_replicate_padding():
 
 def test_grayscale_is_converted_to_rgb(tokenizer, photo_batch, caplog):
     gray = photo_batch.mean(dim=1, keepdim=True)
-    with caplog.at_level(logging.INFO, logger="vqkit.tokenizers.image"):
+    with caplog.at_level(logging.INFO, logger="vqkit.tokenizers.image_inputs"):
         codes = tokenizer.encode(gray)
 
     assert "grayscale" in caplog.text
@@ -238,7 +240,7 @@ def test_grayscale_is_converted_to_rgb(tokenizer, photo_batch, caplog):
 def test_rgba_is_composited_onto_white(tokenizer, photo_batch, caplog):
     opaque = torch.cat([photo_batch, torch.ones_like(photo_batch[:, :1])], dim=1)
     transparent = torch.cat([photo_batch, torch.zeros_like(photo_batch[:, :1])], dim=1)
-    with caplog.at_level(logging.INFO, logger="vqkit.tokenizers.image"):
+    with caplog.at_level(logging.INFO, logger="vqkit.tokenizers.image_inputs"):
         codes = tokenizer.encode(opaque)
 
     assert "alpha" in caplog.text
@@ -367,7 +369,7 @@ def test_missing_checkpoint_says_how_to_train(checkpoints_root):
 # ---- training -----------------------------------------------------------------------------------
 
 
-def tiny_config(**overrides) -> image_train.ImageTrainConfig:
+def tiny_config(**overrides) -> ImageTrainConfig:
     return dataclasses.replace(CONFIGS["tiny"], **overrides)
 
 

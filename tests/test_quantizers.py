@@ -3,7 +3,6 @@
 import torch  # before faiss, so that both share torch's OpenMP thread pool
 
 import faiss
-import numpy as np
 import pytest
 from safetensors.torch import load_file, save_file
 from torch import nn

@@ -1,5 +1,5 @@
-"""Pieces that every vqkit training loop shares: process-group set-up, learning-rate schedule
-and training-state checkpoints in safetensors.
+"""Pieces that every vqkit training loop shares: process-group set-up, DDP settings, averaging
+over ranks, learning-rate schedule and training-state checkpoints in safetensors.
 
 A training-state file contains tensors (model weights, optimizer moments, random-generator
 states) and a JSON metadata string (step, configuration, optimizer hyperparameters). It is
@@ -9,6 +9,7 @@ previous state file intact. Nothing is pickled.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -23,11 +24,21 @@ import torch.distributed as dist
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
 
 logger = logging.getLogger(__name__)
 
 # Key of the JSON metadata inside a training-state file's safetensors header.
 METADATA_KEY = "vqkit_training_state"
+
+# Keyword arguments of DistributedDataParallel for a model with vqkit quantizers. The quantizers
+# keep their codebook buffers identical on all ranks themselves, so DDP need not copy them from
+# rank 0 before every forward. torch 2.14 deprecates `broadcast_buffers` in favour of
+# `forward_sync_buffers`, which older versions lack.
+if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+    DDP_NO_BUFFER_SYNC = {"forward_sync_buffers": False}
+else:
+    DDP_NO_BUFFER_SYNC = {"broadcast_buffers": False}
 
 
 @dataclass(frozen=True)
@@ -82,6 +93,16 @@ def cosine_learning_rate(step: int, total_steps: int, peak: float, warmup_steps:
     progress = min(1.0, (step - warmup_steps) / decay_steps)
     floor = final_fraction * peak
     return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * progress))
+
+
+def mean_over_ranks(values: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Average each tensor over the ranks of the process group; without one, return `values` as they are."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return values
+    stacked = torch.stack([value.float() for value in values.values()])
+    dist.all_reduce(stacked)
+    stacked /= dist.get_world_size()
+    return dict(zip(values, stacked))
 
 
 # ---- training-state files --------------------------------------------------------------------

@@ -26,7 +26,8 @@ from PIL import Image
 from vqkit import registry
 from vqkit.data.images import EVAL_PHOTOS, load_photo
 from vqkit.evals import metrics
-from vqkit.tokenizers.image import ImageTokenizer, load_image_tokenizer, prepare_images
+from vqkit.tokenizers.image import ImageTokenizer, load_image_tokenizer
+from vqkit.tokenizers.image_inputs import prepare_images
 
 logger = logging.getLogger(__name__)
 

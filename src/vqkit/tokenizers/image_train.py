@@ -24,15 +24,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import json
 import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -42,13 +40,14 @@ from torch.nn.parallel import DistributedDataParallel
 from vqkit.data.images import PhotoCrops, eval_photos
 from vqkit.tokenizers.discriminator import PatchDiscriminator, hinge_discriminator_loss, hinge_generator_loss
 from vqkit.tokenizers.image import ImageTokenizer
+from vqkit.tokenizers.image_train_config import CONFIGS, ImageTrainConfig, config_to_json, full_model_kwargs
+from vqkit.tokenizers.image_train_state import STATE_FORMAT, restore_state, resumed_config, state_tensors
 from vqkit.training import (
+    DDP_NO_BUFFER_SYNC,
     DistributedContext,
     cosine_learning_rate,
-    load_optimizer_state,
     load_training_state,
-    optimizer_state_tensors,
-    prefixed,
+    mean_over_ranks,
     save_training_state,
     setup_distributed,
 )
@@ -57,96 +56,6 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "training_state.safetensors"
 METRICS_FILE = "metrics.jsonl"
-# Version of the training-state layout; bump it when the tensor names or metadata change.
-STATE_FORMAT = 1
-
-# Settings that may differ between the interrupted run and `--resume`. Any other difference
-# would change the loss curve, so it raises ValueError.
-RESUMABLE_CHANGES = ("steps", "eval_every", "save_every")
-
-
-@dataclass
-class ImageTrainConfig:
-    """Hyperparameters of one image-tokenizer training run.
-
-    `model` contains `ImageTokenizer` constructor arguments; the model's seed is `seed`.
-    `batch_size` is the global batch, split evenly across torchrun ranks. The discriminator
-    is off while `discriminator_start` is None; otherwise its hinge loss, weighted by
-    `discriminator_weight`, joins the generator loss from that step on.
-    """
-
-    name: str
-    model: dict[str, Any] = field(default_factory=dict)
-    crop_size: int = 64
-    batch_size: int = 16
-    steps: int = 6000
-    learning_rate: float = 1e-3
-    warmup_steps: int = 100
-    final_lr_fraction: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.99)
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    eval_every: int = 500
-    save_every: int = 500
-    seed: int = 0
-    discriminator_start: int | None = None
-    discriminator_weight: float = 0.1
-    discriminator_lr: float = 2e-4
-    lpips_weight: float = 0.0
-
-    def validate(self) -> None:
-        """Raise ValueError for settings that cannot train."""
-        positive = {
-            "crop_size": self.crop_size,
-            "batch_size": self.batch_size,
-            "steps": self.steps,
-            "eval_every": self.eval_every,
-            "save_every": self.save_every,
-        }
-        for name, value in positive.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}")
-        if self.discriminator_start is not None and self.discriminator_start < 0:
-            raise ValueError(f"discriminator_start must be >= 0 or None, got {self.discriminator_start!r}")
-        if self.lpips_weight:
-            # NOTE: LPIPS is not implemented. Every LPIPS implementation scores with a VGG16 or
-            # AlexNet trained on ImageNet, whose weights would have to be downloaded.
-            raise ValueError(
-                f"lpips_weight={self.lpips_weight} requested, but the LPIPS loss needs pretrained "
-                "VGG16 weights downloaded from the internet, and vqkit never downloads weights at run "
-                "time. Set lpips_weight to 0; the loss is L1 + MSE + quantizer loss (+ GAN)."
-            )
-
-
-# Named configurations. "small" is the model registered as image-rqvae-64; "tiny" is for tests.
-CONFIGS: dict[str, ImageTrainConfig] = {
-    "tiny": ImageTrainConfig(
-        name="tiny",
-        model={
-            "block_out_channels": (16, 32),
-            "norm_num_groups": 8,
-            "latent_channels": 16,
-            "codebook_size": 64,
-            "depth": 3,
-        },
-        crop_size=32,
-        batch_size=8,
-        steps=20,
-        learning_rate=2e-3,
-        warmup_steps=2,
-        eval_every=10,
-        save_every=10,
-    ),
-    # NOTE: 6000 steps should take about 43 minutes on a 2-core x86_64 CPU, an estimate from
-    # 2.35 steps/s measured at batch 16 with torch 2.14.1 plus 2.6 s per evaluation. Whether
-    # the loss has converged by then is unverified.
-    "small": ImageTrainConfig(name="small", crop_size=64, batch_size=16, steps=6000),
-    # NOTE: "large" has not been trained to convergence; its step count and learning rate
-    # are unmeasured guesses for a GPU run.
-    "large": ImageTrainConfig(name="large", crop_size=128, batch_size=16, steps=20000, learning_rate=5e-4),
-}
 
 
 @dataclass
@@ -199,7 +108,7 @@ def train(
                 "or delete the folder (or choose another --state-dir) to start a new one."
             )
         saved = load_training_state(state_file)
-        config = _resumed_config(config, saved[1], state_file)
+        config = resumed_config(config, saved[1], state_file)
     elif resume:
         logger.info("No training state at %s, starting a new run", state_file)
     _check_batch_split(config, context)
@@ -216,7 +125,7 @@ def train(
 
     start_step = 0
     if saved is not None:
-        start_step = _restore(saved, model, optimizer, discriminator, discriminator_optimizer)
+        start_step = restore_state(saved, model, optimizer, discriminator, discriminator_optimizer)
         logger.info("Resuming from step %d of %d (%s)", start_step, config.steps, state_file)
     if context.is_main:
         _prepare_output(out_dir, state_dir, start_step)
@@ -225,15 +134,6 @@ def train(
         eval_images = eval_photos() if context.is_main else {}
     runner = _Runner(config, context, model, optimizer, discriminator, discriminator_optimizer, eval_images)
     return runner.run(start_step, out_dir, state_dir, progress=progress, on_step=on_step)
-
-
-# The quantizer keeps its codebook buffers identical on all ranks itself, so DDP need not copy
-# them from rank 0 before every forward. torch 2.14 deprecates `broadcast_buffers` in favour of
-# `forward_sync_buffers`, which older versions lack.
-if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
-    _NO_BUFFER_SYNC = {"forward_sync_buffers": False}
-else:
-    _NO_BUFFER_SYNC = {"broadcast_buffers": False}
 
 
 class _Runner:
@@ -253,7 +153,7 @@ class _Runner:
         self.train_discriminator: nn.Module | None = discriminator
         if context.world_size > 1:
             device_ids = [context.device.index] if context.device.type == "cuda" else None
-            self.train_model = DistributedDataParallel(model, device_ids=device_ids, **_NO_BUFFER_SYNC)
+            self.train_model = DistributedDataParallel(model, device_ids=device_ids, **DDP_NO_BUFFER_SYNC)
             if discriminator is not None:
                 self.train_discriminator = DistributedDataParallel(discriminator, device_ids=device_ids)
 
@@ -343,7 +243,7 @@ class _Runner:
             values["generator_loss"] = generator_loss.detach()
             values["discriminator_loss"] = discriminator_loss.detach()
 
-        metrics = {name: float(value) for name, value in _mean_over_ranks(values).items()}
+        metrics = {name: float(value) for name, value in mean_over_ranks(values).items()}
         metrics["step"] = step + 1
         metrics["lr"] = learning_rate
         metrics["perplexity"] = float(output.quantizer.perplexity)
@@ -379,123 +279,15 @@ class _Runner:
         """Write the training state, then the model, on rank 0; the other ranks wait for it."""
         if self.context.is_main:
             started = time.perf_counter()
-            tensors, metadata = _state_tensors(
+            tensors, metadata = state_tensors(
                 self.model, self.optimizer, self.discriminator, self.discriminator_optimizer
             )
-            metadata.update(step=step, config=_config_to_json(self.config), format=STATE_FORMAT)
+            metadata.update(step=step, config=config_to_json(self.config), format=STATE_FORMAT)
             save_training_state(state_dir / STATE_FILE, tensors, metadata)
             self.model.save_pretrained(out_dir)
             logger.info("Saved step %d to %s and %s in %.1f s", step, state_dir, out_dir, time.perf_counter() - started)
         if self.context.world_size > 1:
             dist.barrier()
-
-
-# ---- state and configuration -------------------------------------------------------------------
-
-
-def _state_tensors(model, optimizer, discriminator, discriminator_optimizer) -> tuple[dict[str, Tensor], dict]:
-    tensors = {f"model.{name}": tensor for name, tensor in model.state_dict().items()}
-    optimizer_tensors, optimizer_meta = optimizer_state_tensors(optimizer, "optimizer")
-    tensors.update(optimizer_tensors)
-    metadata: dict[str, Any] = {"optimizer": optimizer_meta}
-    if discriminator is not None:
-        tensors.update({f"discriminator.{name}": t for name, t in discriminator.state_dict().items()})
-        disc_tensors, disc_meta = optimizer_state_tensors(discriminator_optimizer, "discriminator_optimizer")
-        tensors.update(disc_tensors)
-        metadata["discriminator_optimizer"] = disc_meta
-
-    # The codebook's generator drives k-means and dead-code restarts; it is not in the state dict.
-    tensors["rng.torch"] = torch.get_rng_state()
-    for level, codebook in enumerate(model.quantizer.codebooks):
-        tensors[f"rng.codebook.{level}"] = codebook.generator.get_state()
-    return tensors, metadata
-
-
-def _restore(saved, model, optimizer, discriminator, discriminator_optimizer) -> int:
-    """Load a training state into the freshly built objects; return its completed steps.
-
-    `Optimizer.load_state_dict` moves the moments to the device of the parameters.
-    """
-    tensors, metadata = saved
-    if metadata.get("format") != STATE_FORMAT:
-        raise ValueError(
-            f"training state has format {metadata.get('format')!r}, this vqkit reads format {STATE_FORMAT}; "
-            "start a new run"
-        )
-    model.load_state_dict(prefixed(tensors, "model"))
-    load_optimizer_state(optimizer, tensors, metadata["optimizer"], "optimizer")
-    if discriminator is not None:
-        discriminator.load_state_dict(prefixed(tensors, "discriminator"))
-        load_optimizer_state(
-            discriminator_optimizer, tensors, metadata["discriminator_optimizer"], "discriminator_optimizer"
-        )
-
-    torch.set_rng_state(tensors["rng.torch"])
-    for level, codebook in enumerate(model.quantizer.codebooks):
-        codebook.generator.set_state(tensors[f"rng.codebook.{level}"])
-    return int(metadata["step"])
-
-
-def full_model_kwargs(model_kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Return `model_kwargs` completed with the `ImageTokenizer` defaults, without `seed`.
-
-    Storing every argument keeps a training state resumable when a default changes later.
-    """
-    parameters = inspect.signature(ImageTokenizer.__init__).parameters
-    unknown = sorted(set(model_kwargs) - set(parameters) - {"self"})
-    if unknown:
-        raise ValueError(f"unknown ImageTokenizer arguments in the model configuration: {', '.join(unknown)}")
-    values = {
-        name: parameter.default
-        for name, parameter in parameters.items()
-        if name not in ("self", "seed") and parameter.default is not inspect.Parameter.empty
-    }
-    values.update({name: value for name, value in model_kwargs.items() if name != "seed"})
-    values["block_out_channels"] = tuple(values["block_out_channels"])
-    return values
-
-
-def _config_to_json(config: ImageTrainConfig) -> dict[str, Any]:
-    return json.loads(json.dumps(dataclasses.asdict(config)))
-
-
-def _config_from_json(values: dict[str, Any]) -> ImageTrainConfig:
-    values = dict(values)
-    values["betas"] = tuple(values["betas"])
-    model = dict(values.pop("model"))
-    if "block_out_channels" in model:
-        model["block_out_channels"] = tuple(model["block_out_channels"])
-    return ImageTrainConfig(model=model, **values)
-
-
-def _resumed_config(requested: ImageTrainConfig, metadata: dict[str, Any], state_file: Path) -> ImageTrainConfig:
-    """Return the stored configuration with the resumable changes from `requested` applied."""
-    stored = _config_from_json(metadata["config"])
-    requested_values = _config_to_json(requested)
-    stored_values = _config_to_json(stored)
-    conflicts = [
-        f"{name}={requested_values[name]!r} (checkpoint: {stored_values[name]!r})"
-        for name in stored_values
-        if name not in RESUMABLE_CHANGES and requested_values[name] != stored_values[name]
-    ]
-    if conflicts:
-        raise ValueError(
-            f"cannot resume {state_file}: it was trained with other settings: {'; '.join(conflicts)}. "
-            "Pass the original settings, or start a new run with another --state-dir."
-        )
-    changes = {name: getattr(requested, name) for name in RESUMABLE_CHANGES}
-    if changes["steps"] != stored.steps:
-        logger.warning(
-            "Resuming with steps=%d instead of %d: the learning-rate schedule changes from here on",
-            changes["steps"],
-            stored.steps,
-        )
-    if int(metadata["step"]) > changes["steps"]:
-        raise ValueError(
-            f"cannot resume {state_file}: it is at step {metadata['step']}, past the requested "
-            f"steps={changes['steps']}. Pass --steps {metadata['step']} or more."
-        )
-    return dataclasses.replace(stored, **changes)
 
 
 def _check_batch_split(config: ImageTrainConfig, context: DistributedContext) -> None:
@@ -528,15 +320,6 @@ def _prepare_output(out_dir: Path, state_dir: Path, start_step: int) -> None:
 def _append_metrics(state_dir: Path, record: dict[str, float]) -> None:
     with open(state_dir / METRICS_FILE, "a") as file:
         file.write(json.dumps(record) + "\n")
-
-
-def _mean_over_ranks(values: dict[str, Tensor]) -> dict[str, Tensor]:
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return values
-    stacked = torch.stack([value.float() for value in values.values()])
-    dist.all_reduce(stacked)
-    stacked /= dist.get_world_size()
-    return dict(zip(values, stacked))
 
 
 def _psnr(reconstruction: Tensor, image: Tensor) -> float:

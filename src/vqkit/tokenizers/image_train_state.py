@@ -1,0 +1,103 @@
+"""Training state of the image tokenizer: the tensors that `--resume` needs, and the checks on resume.
+
+`vqkit.training.save_training_state` and `load_training_state` write and read the file. This
+module collects its tensors (model and discriminator weights, optimizer moments,
+random-generator states), restores them, and merges a resumed run's configuration with the
+stored one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from vqkit.tokenizers.image_train_config import ImageTrainConfig, config_from_json, config_to_json
+from vqkit.training import load_optimizer_state, optimizer_state_tensors, prefixed
+
+logger = logging.getLogger(__name__)
+
+# Version of the training-state layout; bump it when the tensor names or metadata change.
+STATE_FORMAT = 1
+
+# Settings that may differ between the interrupted run and `--resume`. Any other difference
+# would change the loss curve, so it raises ValueError.
+RESUMABLE_CHANGES = ("steps", "eval_every", "save_every")
+
+
+def state_tensors(model, optimizer, discriminator, discriminator_optimizer) -> tuple[dict[str, Tensor], dict]:
+    """Collect the tensors and JSON metadata of a training state; the caller adds step, config and format."""
+    tensors = {f"model.{name}": tensor for name, tensor in model.state_dict().items()}
+    optimizer_tensors, optimizer_meta = optimizer_state_tensors(optimizer, "optimizer")
+    tensors.update(optimizer_tensors)
+    metadata: dict[str, Any] = {"optimizer": optimizer_meta}
+    if discriminator is not None:
+        tensors.update({f"discriminator.{name}": t for name, t in discriminator.state_dict().items()})
+        disc_tensors, disc_meta = optimizer_state_tensors(discriminator_optimizer, "discriminator_optimizer")
+        tensors.update(disc_tensors)
+        metadata["discriminator_optimizer"] = disc_meta
+
+    # The codebook's generator drives k-means and dead-code restarts; it is not in the state dict.
+    tensors["rng.torch"] = torch.get_rng_state()
+    for level, codebook in enumerate(model.quantizer.codebooks):
+        tensors[f"rng.codebook.{level}"] = codebook.generator.get_state()
+    return tensors, metadata
+
+
+def restore_state(saved, model, optimizer, discriminator, discriminator_optimizer) -> int:
+    """Load a training state into the freshly built objects; return its completed steps.
+
+    `Optimizer.load_state_dict` moves the moments to the device of the parameters.
+    """
+    tensors, metadata = saved
+    if metadata.get("format") != STATE_FORMAT:
+        raise ValueError(
+            f"training state has format {metadata.get('format')!r}, this vqkit reads format {STATE_FORMAT}; "
+            "start a new run"
+        )
+    model.load_state_dict(prefixed(tensors, "model"))
+    load_optimizer_state(optimizer, tensors, metadata["optimizer"], "optimizer")
+    if discriminator is not None:
+        discriminator.load_state_dict(prefixed(tensors, "discriminator"))
+        load_optimizer_state(
+            discriminator_optimizer, tensors, metadata["discriminator_optimizer"], "discriminator_optimizer"
+        )
+
+    torch.set_rng_state(tensors["rng.torch"])
+    for level, codebook in enumerate(model.quantizer.codebooks):
+        codebook.generator.set_state(tensors[f"rng.codebook.{level}"])
+    return int(metadata["step"])
+
+
+def resumed_config(requested: ImageTrainConfig, metadata: dict[str, Any], state_file: Path) -> ImageTrainConfig:
+    """Return the stored configuration with the resumable changes from `requested` applied."""
+    stored = config_from_json(metadata["config"])
+    requested_values = config_to_json(requested)
+    stored_values = config_to_json(stored)
+    conflicts = [
+        f"{name}={requested_values[name]!r} (checkpoint: {stored_values[name]!r})"
+        for name in stored_values
+        if name not in RESUMABLE_CHANGES and requested_values[name] != stored_values[name]
+    ]
+    if conflicts:
+        raise ValueError(
+            f"cannot resume {state_file}: it was trained with other settings: {'; '.join(conflicts)}. "
+            "Pass the original settings, or start a new run with another --state-dir."
+        )
+    changes = {name: getattr(requested, name) for name in RESUMABLE_CHANGES}
+    if changes["steps"] != stored.steps:
+        logger.warning(
+            "Resuming with steps=%d instead of %d: the learning-rate schedule changes from here on",
+            changes["steps"],
+            stored.steps,
+        )
+    if int(metadata["step"]) > changes["steps"]:
+        raise ValueError(
+            f"cannot resume {state_file}: it is at step {metadata['step']}, past the requested "
+            f"steps={changes['steps']}. Pass --steps {metadata['step']} or more."
+        )
+    return dataclasses.replace(stored, **changes)
