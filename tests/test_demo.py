@@ -88,6 +88,7 @@ def test_register_tab_rejects_conflicting_builder(empty_registries):
     assert tabs.list_tabs() == []
 
 
+@pytest.mark.slow
 def test_demo_command_serves_about_tab(loopback_only, find_free_port, tmp_path):
     port = find_free_port()
     url = f"http://127.0.0.1:{port}/"

@@ -172,11 +172,16 @@ def _apply_umask(folder: Path) -> None:
     safetensors 0.8 writes its files with mode 0o600 whatever the umask, which leaves a
     checkpoint unreadable to other users.
     """
-    umask = os.umask(0)
-    os.umask(umask)
     for path in folder.iterdir():
         if path.is_file():
-            path.chmod(0o666 & ~umask)
+            apply_umask_to_file(path)
+
+
+def apply_umask_to_file(path: Path) -> None:
+    """Set `path` to the permissions of a newly created file: 0o666 less the process umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
 
 
 def _resolve_registered_name(cls: type, name_or_path: str | os.PathLike[str]) -> str:

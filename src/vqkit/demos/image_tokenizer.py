@@ -115,8 +115,12 @@ def _build_controls(tokenizer: ImageTokenizer, source: str) -> None:
         outputs=[summary, code_map, gallery, codes_state],
         api_name="tokenize_image",
     )
+    # A named signature, so the API lists the inputs as depth, row, column and new_code.
+    def edit_with_tokenizer(codes: dict | None, depth: float, row: float, column: float, new_code: float):
+        return edit_code(tokenizer, codes, depth, row, column, new_code)
+
     edit_button.click(
-        lambda state, *values: edit_code(tokenizer, state, *values),
+        edit_with_tokenizer,
         inputs=[codes_state, level, row, column, new_code],
         outputs=[edit_summary, edited, difference],
         api_name="edit_image_code",

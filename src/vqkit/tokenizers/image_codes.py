@@ -78,8 +78,18 @@ def save_codes(path: str | os.PathLike[str], codes: ImageCodes) -> None:
         "codebook_size": str(codes.codebook_size),
         "downsample_factor": str(codes.downsample_factor),
     }
+    from vqkit.hub import apply_umask_to_file
+
     tensor = codes.codes.to("cpu", storage_dtype(codes.codebook_size)).contiguous()
+    _check_parent_folder(Path(path))
     save_file({CODES_TENSOR: tensor}, os.fspath(path), metadata=metadata)
+    apply_umask_to_file(Path(path))
+
+
+def _check_parent_folder(path: Path) -> None:
+    """Raise FileNotFoundError naming the folder when the output's folder does not exist."""
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"output folder {path.parent} not found: create it first, or choose another -o path")
 
 
 def load_codes(path: str | os.PathLike[str]) -> ImageCodes:
@@ -99,7 +109,10 @@ def load_codes(path: str | os.PathLike[str]) -> ImageCodes:
             names = list(file.keys())
             tensor = file.get_tensor(CODES_TENSOR) if CODES_TENSOR in names else None
     except (SafetensorError, OSError) as error:
-        raise ValueError(f"{path} is not a valid safetensors file: {_one_line(error)}") from None
+        raise ValueError(
+            f"{path} is not a valid safetensors file ({_one_line(error)}); "
+            "re-create it with `vqkit encode image IMAGE -o CODES.safetensors`"
+        ) from None
 
     if metadata.get("format") != FORMAT_NAME:
         raise ValueError(
@@ -285,6 +298,7 @@ def write_image(path: Path, image: Tensor) -> None:
     from PIL import Image
 
     pixels = image.mul(255.0).round_().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    _check_parent_folder(path)
     try:
         Image.fromarray(pixels).save(path)
     except (ValueError, KeyError) as error:

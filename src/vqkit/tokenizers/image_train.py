@@ -330,6 +330,17 @@ def _psnr(reconstruction: Tensor, image: Tensor) -> float:
 # ---- command line ------------------------------------------------------------------------------
 
 
+def _positive_int(value: str) -> int:
+    """Parse a command-line integer >= 1, for argparse."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {value!r}: give an integer >= 1")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vqkit train image-tokenizer",
@@ -342,13 +353,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="folder for the training state and metrics.jsonl (default: runs/NAME, NAME being the --out folder name)",
     )
-    parser.add_argument("--steps", type=int, help="total optimizer steps, counted from step 0 (default: from --config)")
+    parser.add_argument("--steps", type=_positive_int, help="total optimizer steps, counted from step 0 (default: from --config)")
     parser.add_argument("--resume", action="store_true", help="continue from the training state in --state-dir, if any")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: CUDA when available)")
-    parser.add_argument("--batch-size", type=int, help="global batch size, split across torchrun ranks")
+    parser.add_argument("--batch-size", type=_positive_int, help="global batch size, split across torchrun ranks")
     parser.add_argument("--lr", type=float, help="peak learning rate of AdamW")
-    parser.add_argument("--eval-every", type=int, help="steps between held-out PSNR evaluations")
-    parser.add_argument("--save-every", type=int, help="steps between checkpoints")
+    parser.add_argument("--eval-every", type=_positive_int, help="steps between held-out PSNR evaluations")
+    parser.add_argument("--save-every", type=_positive_int, help="steps between checkpoints")
     parser.add_argument("--seed", type=int, help="seed of the model initialisation, codebook and crops")
     parser.add_argument(
         "--gan-start", type=int, help="step from which the PatchGAN hinge loss is added (default: off)"
