@@ -28,6 +28,8 @@ from pathlib import Path
 FAISS_IMPORTED_BEFORE_TORCH = "faiss" in sys.modules and "torch" not in sys.modules
 import torch  # noqa: E402, F401  (imported for its side effect on the OpenMP runtime, see above)
 
+from vqkit.cli_types import positive_int  # noqa: E402
+
 if __package__:
     from . import _machine, _report, _timing
 else:  # imported by `python benchmarks/NAME.py`, which puts benchmarks/ on sys.path
@@ -41,14 +43,7 @@ logger = logging.getLogger(__name__)
 # ---- command line ------------------------------------------------------------------------------
 
 
-def parse_thread_count(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"invalid thread count {value!r}: give an integer >= 1")
-    return number
+parse_thread_count = positive_int("thread count")
 
 
 def add_common_arguments(

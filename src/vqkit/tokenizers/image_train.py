@@ -37,11 +37,26 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from vqkit.cli_types import positive_int
 from vqkit.data.images import PhotoCrops, eval_photos
-from vqkit.tokenizers.discriminator import PatchDiscriminator, hinge_discriminator_loss, hinge_generator_loss
+from vqkit.tokenizers.discriminator import (
+    PatchDiscriminator,
+    hinge_discriminator_loss,
+    hinge_generator_loss,
+)
 from vqkit.tokenizers.image import ImageTokenizer
-from vqkit.tokenizers.image_train_config import CONFIGS, ImageTrainConfig, config_to_json, full_model_kwargs
-from vqkit.tokenizers.image_train_state import STATE_FORMAT, restore_state, resumed_config, state_tensors
+from vqkit.tokenizers.image_train_config import (
+    CONFIGS,
+    ImageTrainConfig,
+    config_to_json,
+    full_model_kwargs,
+)
+from vqkit.tokenizers.image_train_state import (
+    STATE_FORMAT,
+    restore_state,
+    resumed_config,
+    state_tensors,
+)
 from vqkit.training import (
     DDP_NO_BUFFER_SYNC,
     DistributedContext,
@@ -330,17 +345,6 @@ def _psnr(reconstruction: Tensor, image: Tensor) -> float:
 # ---- command line ------------------------------------------------------------------------------
 
 
-def _positive_int(value: str) -> int:
-    """Parse a command-line integer >= 1, for argparse."""
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"invalid value {value!r}: give an integer >= 1")
-    return number
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vqkit train image-tokenizer",
@@ -353,13 +357,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="folder for the training state and metrics.jsonl (default: runs/NAME, NAME being the --out folder name)",
     )
-    parser.add_argument("--steps", type=_positive_int, help="total optimizer steps, counted from step 0 (default: from --config)")
+    parser.add_argument("--steps", type=positive_int(), help="total optimizer steps, counted from step 0 (default: from --config)")
     parser.add_argument("--resume", action="store_true", help="continue from the training state in --state-dir, if any")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: CUDA when available)")
-    parser.add_argument("--batch-size", type=_positive_int, help="global batch size, split across torchrun ranks")
+    parser.add_argument("--batch-size", type=positive_int(), help="global batch size, split across torchrun ranks")
     parser.add_argument("--lr", type=float, help="peak learning rate of AdamW")
-    parser.add_argument("--eval-every", type=_positive_int, help="steps between held-out PSNR evaluations")
-    parser.add_argument("--save-every", type=_positive_int, help="steps between checkpoints")
+    parser.add_argument("--eval-every", type=positive_int(), help="steps between held-out PSNR evaluations")
+    parser.add_argument("--save-every", type=positive_int(), help="steps between checkpoints")
     parser.add_argument("--seed", type=int, help="seed of the model initialisation, codebook and crops")
     parser.add_argument(
         "--gan-start", type=int, help="step from which the PatchGAN hinge loss is added (default: off)"
