@@ -48,7 +48,8 @@ def test_quantizer_shapes(kind, lead, dim, codebook_size, channel_first, trainin
     assert out.indices.shape == expected_indices
     assert out.indices.dtype == torch.long
     if out.indices.numel():
-        assert 0 <= int(out.indices.min()) and int(out.indices.max()) < quantizer.codebook_size
+        assert int(out.indices.min()) >= 0
+        assert int(out.indices.max()) < quantizer.codebook_size
     for value in (out.loss, out.commitment_loss, out.codebook_loss, out.perplexity):
         assert value.ndim == 0
         assert torch.isfinite(value)

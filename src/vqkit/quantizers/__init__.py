@@ -6,8 +6,9 @@ Every quantizer returns a ``QuantizerOutput`` and offers ``codes_from_indices``.
 import logging
 import sys
 
-# FAISS bound to its own OpenMP runtime before torch's is loaded keeps two thread pools whose
-# idle threads spin against each other; on 2 cores this slowed vqkit's CPU forward up to 2.4x.
+# When faiss loads before torch, it binds to its own OpenMP runtime, so the process keeps two
+# thread pools whose idle threads spin against each other. On 2 cores this slowed vqkit's CPU
+# forward up to 2.4x (benchmarks/quantizers.py).
 if "faiss" in sys.modules and "torch" not in sys.modules:
     logging.getLogger(__name__).warning(
         "faiss was imported before torch, so they run separate OpenMP thread pools and CPU "
