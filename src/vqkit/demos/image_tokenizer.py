@@ -88,7 +88,10 @@ def _build_controls(tokenizer: ImageTokenizer, source: str) -> None:
         with gr.Column():
             summary = gr.Markdown()
             code_map = gr.Image(
-                label="Depth-1 code ids (colour = code id / K)", type="numpy", format=IMAGE_FORMAT, interactive=False
+                label=f"Depth-1 code ids (colour = code id / {codebook_size}, the codebook size)",
+                type="numpy",
+                format=IMAGE_FORMAT,
+                interactive=False,
             )
     gallery = gr.Gallery(
         label="Reconstruction at each depth", columns=min(depth, 4), object_fit="contain", format=IMAGE_FORMAT

@@ -181,7 +181,9 @@ def _check_float_range(x: Tensor) -> None:
     low, high = float(x.min()), float(x.max())
     if not (np.isfinite(low) and np.isfinite(high)):
         bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(f"images contain {bad} non-finite values (NaN or inf)")
+        raise ValueError(
+            f"images contain {bad} non-finite values (NaN or inf); replace them, e.g. with torch.nan_to_num, before encoding"
+        )
     if low < -RANGE_TOLERANCE or high > 1.0 + RANGE_TOLERANCE:
         bad = low if low < -RANGE_TOLERANCE else high
         raise ValueError(
