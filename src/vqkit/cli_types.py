@@ -6,8 +6,8 @@ import argparse
 from collections.abc import Callable
 
 
-def positive_int(what: str = "value") -> Callable[[str], int]:
-    """Return an argparse type that parses an integer >= 1; `what` names the value in the error."""
+def positive_int(value_name: str = "value") -> Callable[[str], int]:
+    """Return an argparse type that parses an integer >= 1. `value_name` names the value in its error."""
 
     def parse(value: str) -> int:
         try:
@@ -15,7 +15,7 @@ def positive_int(what: str = "value") -> Callable[[str], int]:
         except ValueError:
             number = 0
         if number < 1:
-            raise argparse.ArgumentTypeError(f"invalid {what} {value!r}: give an integer >= 1")
+            raise argparse.ArgumentTypeError(f"invalid {value_name} {value!r}: give an integer >= 1")
         return number
 
     return parse

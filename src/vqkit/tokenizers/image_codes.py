@@ -5,7 +5,7 @@
 
 A codes file is a safetensors file with one integer tensor, "codes", of shape (depth, h, w):
 the code ids of one image, level by level. It is stored as uint8, int16 or int32, the
-smallest type that holds the codebook size. Its string metadata are:
+smallest type that fits every id of the codebook. Its string metadata are:
 
 - `format`: "vqkit.image-codes", and `format_version`: "1";
 - `model`: the registered model name, or the absolute checkpoint folder, that encoded it;
