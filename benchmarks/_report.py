@@ -7,19 +7,13 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 
+from vqkit.evals.report import markdown_table
 from vqkit.quantizers import VectorQuantizer
 
 SECTION_HEADING = "## Quantizers"
 
 LEARNING_NAMES = {"vqkit": "vqkit VectorQuantizer", "faiss_kmeans": "faiss.Kmeans", "vqp": "vqp VectorQuantize"}
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def format_number(value: float | None, digits: int = 3) -> str:

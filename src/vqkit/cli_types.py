@@ -1,9 +1,10 @@
-"""Argument types shared by vqkit's command lines and benchmark scripts."""
+"""Argument types and options shared by vqkit's command lines and benchmark scripts."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 
 
 def positive_int(value_name: str = "value") -> Callable[[str], int]:
@@ -19,3 +20,20 @@ def positive_int(value_name: str = "value") -> Callable[[str], int]:
         return number
 
     return parse
+
+
+def add_training_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options that every `vqkit train` target shares: output folders, steps, resume,
+    device, learning rate, checkpoint interval and the progress bar."""
+    parser.add_argument("--out", required=True, type=Path, help="folder for the model checkpoint (save_pretrained)")
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        help="folder for the training state and metrics.jsonl (default: runs/NAME, NAME being the --out folder name)",
+    )
+    parser.add_argument("--steps", type=positive_int(), help="total optimizer steps, counted from step 0 (default: from --config)")
+    parser.add_argument("--resume", action="store_true", help="continue from the training state in --state-dir, if any")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: CUDA when available)")
+    parser.add_argument("--lr", type=float, help="peak learning rate of AdamW")
+    parser.add_argument("--save-every", type=positive_int(), help="steps between checkpoints")
+    parser.add_argument("--no-progress", action="store_true", help="do not show the tqdm progress bar")

@@ -73,10 +73,22 @@ _SHIPPED_TARGETS: tuple[CommandTarget, ...] = (
         "Train the RQ-VAE image tokenizer (image-rqvae-64) on crops of the bundled photos.",
     ),
     CommandTarget(
+        "train",
+        "codebook-lm",
+        "vqkit.models.lm_train:main",
+        "Train a language model on TokFSM or Python's documentation, then fine-tune it with codebooks.",
+    ),
+    CommandTarget(
         "eval",
         "image-tokenizer",
         "vqkit.evals.image_tokenizer:main",
         "Evaluate the image tokenizer on the held-out photos; writes results/image_tokenizer.*.",
+    ),
+    CommandTarget(
+        "eval",
+        "codebook-lm",
+        "vqkit.evals.codebook_lm:main",
+        "Evaluate the codebook-feature LMs on TokFSM and text; writes results/codebook_lm.*.",
     ),
     CommandTarget(
         "encode",

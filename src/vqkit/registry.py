@@ -72,6 +72,40 @@ _SHIPPED_MODELS: tuple[ModelEntry, ...] = (
         "RQ-VAE image tokenizer trained on 64x64 photo crops: 4 residual levels, 512 shared codes, 4x downsampling",
         train_command="vqkit train image-tokenizer --config small --out checkpoints/image-rqvae-64",
     ),
+    ModelEntry(
+        "lm-tokfsm-base",
+        "vqkit.models.causal_lm:CausalLM",
+        "lm-tokfsm-base",
+        "Plain Llama-style LM (4 layers, d=128) trained on TokFSM sequences of a 100-state machine",
+        train_command="vqkit train codebook-lm --config tokfsm-base --out checkpoints/lm-tokfsm-base",
+    ),
+    ModelEntry(
+        "codebook-lm-tokfsm-k1",
+        "vqkit.models.codebook_lm:CodebookLM",
+        "codebook-lm-tokfsm-k1",
+        "lm-tokfsm-base with 1000-code, k=1 codebooks at every attention and MLP output, codes trained on the frozen LM",
+        train_command=(
+            "vqkit train codebook-lm --config tokfsm-codebook --base checkpoints/lm-tokfsm-base "
+            "--out checkpoints/codebook-lm-tokfsm-k1"
+        ),
+    ),
+    ModelEntry(
+        "lm-text-base",
+        "vqkit.models.causal_lm:CausalLM",
+        "lm-text-base",
+        "Plain Llama-style LM (4 layers, d=256, 4096-token byte-level BPE) trained on Python's documentation",
+        train_command="vqkit train codebook-lm --config text-base --out checkpoints/lm-text-base",
+    ),
+    ModelEntry(
+        "codebook-lm-text-k8",
+        "vqkit.models.codebook_lm:CodebookLM",
+        "codebook-lm-text-k8",
+        "lm-text-base with 2000-code, k=8 codebooks on every attention head's output, codes trained on the frozen LM",
+        train_command=(
+            "vqkit train codebook-lm --config text-codebook --base checkpoints/lm-text-base "
+            "--out checkpoints/codebook-lm-text-k8"
+        ),
+    ),
 )
 
 _models: dict[str, ModelEntry] = {entry.name: entry for entry in _SHIPPED_MODELS}

@@ -9,15 +9,17 @@ previous state file intact. Nothing is pickled.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import logging
 import math
 import os
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -27,6 +29,8 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 logger = logging.getLogger(__name__)
+
+ConfigT = TypeVar("ConfigT")
 
 # Key of the JSON metadata inside a training-state file's safetensors header.
 METADATA_KEY = "vqkit_training_state"
@@ -187,3 +191,85 @@ def prefixed(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     """Return the entries of `tensors` whose names start with `PREFIX.`, with the prefix removed."""
     start = len(prefix) + 1
     return {name[start:]: tensor for name, tensor in tensors.items() if name.startswith(prefix + ".")}
+
+
+def merge_resumed_config(
+    requested: ConfigT,
+    stored: ConfigT,
+    stored_step: int,
+    state_file: Path,
+    resumable: tuple[str, ...],
+    to_json: Callable[[ConfigT], dict[str, Any]],
+) -> ConfigT:
+    """Return the dataclass `stored` with the `resumable` settings taken from `requested`.
+
+    Raises ValueError when any other setting differs, or when `stored_step` is past the
+    requested `steps`, naming the settings and the fix.
+    """
+    requested_values = to_json(requested)
+    stored_values = to_json(stored)
+    conflicts = [
+        f"{name}={requested_values[name]!r} (checkpoint: {stored_values[name]!r})"
+        for name in stored_values
+        if name not in resumable and requested_values[name] != stored_values[name]
+    ]
+    if conflicts:
+        raise ValueError(
+            f"cannot resume {state_file}: it was trained with other settings: {'; '.join(conflicts)}. "
+            "Pass the original settings, or start a new run with another --state-dir."
+        )
+    changes = {name: getattr(requested, name) for name in resumable}
+    if changes["steps"] != stored.steps:
+        logger.warning(
+            "Resuming with steps=%d instead of %d: the learning-rate schedule changes from here on",
+            changes["steps"],
+            stored.steps,
+        )
+    if stored_step > changes["steps"]:
+        raise ValueError(
+            f"cannot resume {state_file}: it is at step {stored_step}, past the requested "
+            f"steps={changes['steps']}. Pass --steps {stored_step} or more."
+        )
+    return dataclasses.replace(stored, **changes)
+
+
+def codebook_resume_tensors(model: torch.nn.Module) -> dict[str, Tensor]:
+    """Collect `Codebook.resume_state` of every codebook in `model`, named `codebook.MODULE.KEY`.
+
+    The codebooks' generators drive k-means and dead-code restarts, and a k-means fit may be
+    waiting for more vectors; neither is in the state dict.
+    """
+    from vqkit.quantizers.codebook import Codebook
+
+    tensors = {}
+    for name, module in model.named_modules():
+        if isinstance(module, Codebook):
+            tensors.update({f"codebook.{name}.{key}": value for key, value in module.resume_state().items()})
+    return tensors
+
+
+def load_codebook_resume_tensors(model: torch.nn.Module, tensors: dict[str, Tensor]) -> None:
+    """Restore the output of `codebook_resume_tensors` into the codebooks of `model`."""
+    from vqkit.quantizers.codebook import Codebook
+
+    for name, module in model.named_modules():
+        if isinstance(module, Codebook):
+            module.load_resume_state(prefixed(tensors, f"codebook.{name}"))
+
+
+def load_resumable_state(state_file: Path, resume: bool) -> tuple[dict[str, Tensor], dict[str, Any]] | None:
+    """Return the training state in `state_file` when resuming, or None for a new run.
+
+    Raises FileExistsError when the file exists but `resume` is false, so that a new run never
+    overwrites the state of an earlier one.
+    """
+    if state_file.is_file():
+        if not resume:
+            raise FileExistsError(
+                f"training state already exists at {state_file}. Pass --resume to continue that run, "
+                "or delete the folder (or choose another --state-dir) to start a new one."
+            )
+        return load_training_state(state_file)
+    if resume:
+        logger.info("No training state at %s, starting a new run", state_file)
+    return None

@@ -34,7 +34,10 @@ class TabEntry:
 
 
 # Built-in tabs, in display order. Add one TabEntry per capability.
-_SHIPPED_TABS: tuple[TabEntry, ...] = (TabEntry("Image tokenizer", "vqkit.demos.image_tokenizer:build_tab"),)
+_SHIPPED_TABS: tuple[TabEntry, ...] = (
+    TabEntry("Image tokenizer", "vqkit.demos.image_tokenizer:build_tab"),
+    TabEntry("Codebook features", "vqkit.demos.codebook_features:build_tab"),
+)
 
 _tabs: dict[str, TabEntry] = {entry.title: entry for entry in _SHIPPED_TABS}
 

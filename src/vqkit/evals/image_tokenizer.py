@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import platform
 import sys
 import time
 from pathlib import Path
@@ -32,10 +31,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-import vqkit
 from vqkit.evals import metrics
 from vqkit.evals.image_tokenizer_report import write_results
-from vqkit.evals.machine import cpu_model
+from vqkit.evals.machine import describe_machine
 from vqkit.tokenizers.image import ImageTokenizer, load_image_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -205,21 +203,6 @@ def _rfid(
         "tile_size": RFID_TILE_SIZE,
     }
     return info, by_depth
-
-
-def describe_machine(device: torch.device) -> dict[str, Any]:
-    """Return the device, CPU model, thread count and versions behind a run."""
-    import datetime
-
-    return {
-        "device": str(device) if device.type != "cuda" else f"{device} ({torch.cuda.get_device_name(device)})",
-        "cpu_model": cpu_model(fallback="unknown CPU"),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "vqkit": vqkit.__version__,
-        "python": platform.python_version(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
 
 
 # ---- command line ------------------------------------------------------------------------------

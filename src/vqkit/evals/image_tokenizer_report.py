@@ -10,6 +10,7 @@ from typing import Any
 from torch import Tensor
 
 from vqkit.evals import metrics
+from vqkit.evals.report import markdown_table
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     """Return the Markdown report: set-up, the per-depth table, the per-photo table, speed and the rFID note."""
     parts = [
         _describe_setup(results),
-        _markdown_table(DEPTH_COLUMNS, [_depth_table_row(row) for row in results["depths"]]),
+        markdown_table(DEPTH_COLUMNS, [_depth_table_row(row) for row in results["depths"]]),
         _photo_table(results["photos"], results["config"]["depth"]),
         _describe_speed(results["throughput"], results["config"]["depth"]),
         _describe_rfid(results["rfid"]),
@@ -109,7 +110,7 @@ def _photo_table(photos: list[dict[str, Any]], depth: int) -> str:
         ]
         for photo in photos
     ]
-    return _markdown_table(columns, rows)
+    return markdown_table(columns, rows)
 
 
 def _describe_speed(throughput: dict[str, Any], depth: int) -> str:
@@ -140,12 +141,6 @@ def _describe_rfid(rfid: dict[str, Any]) -> str:
         f"of {rfid['tiles']} non-overlapping {rfid['tile_size']} x {rfid['tile_size']} tiles of the "
         f"originals and the same tiles of the reconstructions, resized to 299 x 299. {comparability}"
     )
-
-
-def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def grid_depths(depth: int) -> list[int]:

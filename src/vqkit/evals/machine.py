@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import platform
+from typing import Any
+
+import torch
 
 
 def cpu_model(fallback: str = "unknown") -> str:
@@ -16,3 +19,20 @@ def cpu_model(fallback: str = "unknown") -> str:
     except OSError:
         pass
     return platform.processor() or fallback
+
+
+def describe_machine(device: torch.device) -> dict[str, Any]:
+    """Return the device, CPU model, thread count and versions behind a run."""
+    import datetime
+
+    import vqkit
+
+    return {
+        "device": str(device) if device.type != "cuda" else f"{device} ({torch.cuda.get_device_name(device)})",
+        "cpu_model": cpu_model(fallback="unknown CPU"),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "vqkit": vqkit.__version__,
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }

@@ -7,13 +7,18 @@ code-usage tracking and dead-code restarts, all kept identical across ranks.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 from .base import check_indices, check_positive_int
-from .distributed import all_gather_rows, all_reduce_sum, broadcast_from_main, is_main_rank
+from .distributed import (
+    all_gather_rows,
+    all_reduce_sum,
+    broadcast_from_main,
+    is_main_rank,
+)
 from .kmeans import kmeans
 from .search import search
 
@@ -191,6 +196,23 @@ class Codebook(nn.Module):
         self._init_batches = 0
         logger.info("k-means init: fitted %d codes on %d vectors", self.codebook_size, collected)
         return True
+
+    def resume_state(self) -> dict[str, Tensor]:
+        """Return what a resumed training run needs beyond `state_dict`: the random generator
+        state and the vectors collected so far for a pending k-means fit, as CPU tensors."""
+        pool = torch.cat(self._init_pool) if self._init_pool else torch.empty(0, self.dim)
+        return {
+            "generator": self.generator.get_state(),
+            "kmeans_pool": pool.detach().cpu(),
+            "kmeans_batches": torch.tensor(self._init_batches),
+        }
+
+    def load_resume_state(self, state: dict[str, Tensor]) -> None:
+        """Restore the output of `resume_state`."""
+        self.generator.set_state(state["generator"])
+        pool = state["kmeans_pool"]
+        self._init_pool = [pool.to(self.weight.device)] if pool.numel() else []
+        self._init_batches = int(state["kmeans_batches"])
 
     def fit_kmeans(self, data: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """Default fit: k-means++ seeding and Lloyd iterations in the search space."""

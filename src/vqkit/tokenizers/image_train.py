@@ -37,7 +37,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from vqkit.cli_types import positive_int
+from vqkit.cli_types import add_training_run_arguments, positive_int
 from vqkit.data.images import PhotoCrops, eval_photos
 from vqkit.tokenizers.discriminator import (
     PatchDiscriminator,
@@ -61,7 +61,7 @@ from vqkit.training import (
     DDP_NO_BUFFER_SYNC,
     DistributedContext,
     cosine_learning_rate,
-    load_training_state,
+    load_resumable_state,
     mean_over_ranks,
     save_training_state,
     setup_distributed,
@@ -115,17 +115,9 @@ def train(
     state_file = state_dir / STATE_FILE
     context = setup_distributed(device)
 
-    saved = None
-    if state_file.is_file():
-        if not resume:
-            raise FileExistsError(
-                f"training state already exists at {state_file}. Pass --resume to continue that run, "
-                "or delete the folder (or choose another --state-dir) to start a new one."
-            )
-        saved = load_training_state(state_file)
+    saved = load_resumable_state(state_file, resume)
+    if saved is not None:
         config = resumed_config(config, saved[1], state_file)
-    elif resume:
-        logger.info("No training state at %s, starting a new run", state_file)
     _check_batch_split(config, context)
 
     torch.manual_seed(config.seed)
@@ -351,24 +343,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the RQ-VAE image tokenizer on crops of the bundled photos.",
     )
     parser.add_argument("--config", default="small", choices=sorted(CONFIGS), help="named configuration (default: small)")
-    parser.add_argument("--out", required=True, type=Path, help="folder for the model checkpoint (save_pretrained)")
-    parser.add_argument(
-        "--state-dir",
-        type=Path,
-        help="folder for the training state and metrics.jsonl (default: runs/NAME, NAME being the --out folder name)",
-    )
-    parser.add_argument("--steps", type=positive_int(), help="total optimizer steps, counted from step 0 (default: from --config)")
-    parser.add_argument("--resume", action="store_true", help="continue from the training state in --state-dir, if any")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: CUDA when available)")
+    add_training_run_arguments(parser)
     parser.add_argument("--batch-size", type=positive_int(), help="global batch size, split across torchrun ranks")
-    parser.add_argument("--lr", type=float, help="peak learning rate of AdamW")
     parser.add_argument("--eval-every", type=positive_int(), help="steps between held-out PSNR evaluations")
-    parser.add_argument("--save-every", type=positive_int(), help="steps between checkpoints")
     parser.add_argument("--seed", type=int, help="seed of the model initialisation, codebook and crops")
     parser.add_argument(
         "--gan-start", type=int, help="step from which the PatchGAN hinge loss is added (default: off)"
     )
-    parser.add_argument("--no-progress", action="store_true", help="do not show the tqdm progress bar")
     return parser
 
 

@@ -8,7 +8,6 @@ stored one.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -16,13 +15,24 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vqkit.tokenizers.image_train_config import ImageTrainConfig, config_from_json, config_to_json
-from vqkit.training import load_optimizer_state, optimizer_state_tensors, prefixed
+from vqkit.tokenizers.image_train_config import (
+    ImageTrainConfig,
+    config_from_json,
+    config_to_json,
+)
+from vqkit.training import (
+    codebook_resume_tensors,
+    load_codebook_resume_tensors,
+    load_optimizer_state,
+    merge_resumed_config,
+    optimizer_state_tensors,
+    prefixed,
+)
 
 logger = logging.getLogger(__name__)
 
 # Version of the training-state layout; bump it when the tensor names or metadata change.
-STATE_FORMAT = 1
+STATE_FORMAT = 2
 
 # Settings that may differ between the interrupted run and `--resume`. Any other difference
 # would change the loss curve, so it raises ValueError.
@@ -41,10 +51,8 @@ def state_tensors(model, optimizer, discriminator, discriminator_optimizer) -> t
         tensors.update(disc_tensors)
         metadata["discriminator_optimizer"] = disc_meta
 
-    # The codebook's generator drives k-means and dead-code restarts; it is not in the state dict.
     tensors["rng.torch"] = torch.get_rng_state()
-    for level, codebook in enumerate(model.quantizer.codebooks):
-        tensors[f"rng.codebook.{level}"] = codebook.generator.get_state()
+    tensors.update(codebook_resume_tensors(model))
     return tensors, metadata
 
 
@@ -68,36 +76,12 @@ def restore_state(saved, model, optimizer, discriminator, discriminator_optimize
         )
 
     torch.set_rng_state(tensors["rng.torch"])
-    for level, codebook in enumerate(model.quantizer.codebooks):
-        codebook.generator.set_state(tensors[f"rng.codebook.{level}"])
+    load_codebook_resume_tensors(model, tensors)
     return int(metadata["step"])
 
 
 def resumed_config(requested: ImageTrainConfig, metadata: dict[str, Any], state_file: Path) -> ImageTrainConfig:
     """Return the stored configuration with the resumable changes from `requested` applied."""
-    stored = config_from_json(metadata["config"])
-    requested_values = config_to_json(requested)
-    stored_values = config_to_json(stored)
-    conflicts = [
-        f"{name}={requested_values[name]!r} (checkpoint: {stored_values[name]!r})"
-        for name in stored_values
-        if name not in RESUMABLE_CHANGES and requested_values[name] != stored_values[name]
-    ]
-    if conflicts:
-        raise ValueError(
-            f"cannot resume {state_file}: it was trained with other settings: {'; '.join(conflicts)}. "
-            "Pass the original settings, or start a new run with another --state-dir."
-        )
-    changes = {name: getattr(requested, name) for name in RESUMABLE_CHANGES}
-    if changes["steps"] != stored.steps:
-        logger.warning(
-            "Resuming with steps=%d instead of %d: the learning-rate schedule changes from here on",
-            changes["steps"],
-            stored.steps,
-        )
-    if int(metadata["step"]) > changes["steps"]:
-        raise ValueError(
-            f"cannot resume {state_file}: it is at step {metadata['step']}, past the requested "
-            f"steps={changes['steps']}. Pass --steps {metadata['step']} or more."
-        )
-    return dataclasses.replace(stored, **changes)
+    return merge_resumed_config(
+        requested, config_from_json(metadata["config"]), int(metadata["step"]), state_file, RESUMABLE_CHANGES, config_to_json
+    )
