@@ -735,3 +735,34 @@ def test_exclusive_override_needs_divisor_of_k():
 
     with pytest.raises(ValueError, match="divides k=4"), model.steering({"layers.0.mlp": CodeOverride(codes, exclusive=True)}):
         model(torch.tensor([[10, 1, 2]]))
+
+
+def test_repeated_layers_raise():
+    with pytest.raises(ValueError, match="repeats a layer"):
+        CodebookLM(TINY_LLAMA, codebook_size=8, k=2, layers=[0, 0])
+
+
+def test_single_site_string_is_accepted():
+    model = CodebookLM(TINY_LLAMA, codebook_size=8, k=2, sites="mlp")
+
+    assert model.sites == ["layers.0.mlp", "layers.1.mlp"]
+
+
+def test_recording_accepts_one_site_name(codebook_lm, tokens):
+    codes = codebook_lm.encode_codes(tokens, sites="layers.0.attn")
+
+    assert list(codes) == ["layers.0.attn"]
+
+
+def test_float_override_codes_raise(codebook_lm, tokens):
+    with pytest.raises(ValueError, match="integer code ids"), codebook_lm.steering(
+        {"layers.0.mlp": CodeOverride(torch.tensor([[1.7]]))}
+    ):
+        codebook_lm(tokens)
+
+
+def test_non_integer_positions_raise(codebook_lm, tokens):
+    with pytest.raises(ValueError, match="list of ints"), codebook_lm.steering(
+        {"layers.0.mlp": CodeOverride(torch.tensor([[1]]), positions="last")}
+    ):
+        codebook_lm(tokens)

@@ -499,3 +499,34 @@ def test_steering_rate_rejects_two_codes_in_one_group(codebook_lm):
             [("layers.0.attn", 1, 5), ("layers.0.attn", 1, 6)],
             max_new_tokens=2,
         )
+
+
+def test_eval_rejects_out_file(tmp_path, capsys):
+    from vqkit.evals import codebook_lm as codebook_lm_eval
+
+    out = tmp_path / "results"
+    out.write_text("a file")
+
+    assert codebook_lm_eval.main(["--out", str(out)]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_eval_rejects_plain_model_as_codebook_model(codebook_lm):
+    from vqkit.evals.codebook_lm import check_role
+    from vqkit.models.causal_lm import CausalLM
+
+    plain = CausalLM(TINY_LLAMA)
+
+    with pytest.raises(ValueError, match="is a plain model"):
+        check_role(plain, "tokfsm_codebook", "plain-model")
+    check_role(codebook_lm, "tokfsm_codebook", "codebook-model")
+
+
+def test_eval_rejects_text_model_for_tokfsm():
+    from vqkit.evals.codebook_lm import check_role
+    from vqkit.models.causal_lm import CausalLM
+
+    text_like = CausalLM({**TINY_LLAMA, "vocab_size": 300})
+
+    with pytest.raises(ValueError, match="300 tokens"):
+        check_role(text_like, "tokfsm_plain", "text-model")

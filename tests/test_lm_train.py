@@ -414,3 +414,66 @@ def test_codebook_entry_uses_registered_base(name):
 def test_registry_codebook_settings_match_names():
     assert CONFIGS["tokfsm-codebook"].codebook["k"] == 1
     assert CONFIGS["text-codebook"].codebook["k"] == 8
+
+
+# ---- invalid command lines fail before training --------------------------------------------------
+
+
+def test_base_config_rejects_base_option(tokfsm_base, tmp_path, caplog):
+    status = run_main("--config", "tiny-tokfsm-base", "--base", tokfsm_base, "--out", tmp_path / "model")
+
+    assert status == 2
+    assert "--base applies to codebook-stage configurations only" in caplog.text
+    assert not (tmp_path / "model").exists()
+
+
+def test_codebook_base_must_be_plain_model(tokfsm_base, tmp_path, caplog):
+    assert run_main("--config", "tiny-tokfsm-codebook", "--base", tokfsm_base, "--out", tmp_path / "codebook") == 0
+
+    status = run_main("--config", "tiny-tokfsm-codebook", "--base", tmp_path / "codebook", "--out", tmp_path / "again")
+
+    assert status == 2
+    assert "is a codebook model" in caplog.text
+
+
+def test_missing_base_folder_is_reported(tmp_path, caplog):
+    status = run_main("--config", "tiny-tokfsm-codebook", "--base", tmp_path / "nowhere", "--out", tmp_path / "model")
+
+    assert status == 2
+    assert "base checkpoint not found" in caplog.text
+
+
+def test_base_of_other_task_is_rejected(tmp_path, caplog, monkeypatch):
+    monkeypatch.setenv("VQKIT_CACHE_DIR", str(tmp_path / "cache"))
+    assert run_main("--config", "tiny-text-base", "--out", tmp_path / "text", "--state-dir", tmp_path / "text-state") == 0
+
+    status = run_main("--config", "tiny-tokfsm-codebook", "--base", tmp_path / "text", "--out", tmp_path / "model")
+
+    assert status == 2
+    assert "the tokfsm task needs 11" in caplog.text
+
+
+@pytest.mark.parametrize("learning_rate", ["0", "-1", "nan"])
+def test_invalid_learning_rate_exits_2(learning_rate, tmp_path, caplog):
+    status = run_main("--config", "tiny-tokfsm-base", "--lr", learning_rate, "--out", tmp_path / "model")
+
+    assert status == 2
+    assert "(--lr)" in caplog.text
+
+
+def test_out_file_fails_before_training(tmp_path, caplog):
+    out = tmp_path / "afile"
+    out.write_text("not a folder")
+
+    status = run_main("--config", "tiny-tokfsm-base", "--out", out, "--state-dir", tmp_path / "state")
+
+    assert status == 2
+    assert "is a file" in caplog.text
+    assert not (tmp_path / "state" / lm_train.METRICS_FILE).exists()
+
+
+def test_unknown_device_exits_2(tmp_path, caplog):
+    status = lm_train.main(["--config", "tiny-tokfsm-base", "--out", str(tmp_path / "model"), "--device", "tpu"])
+
+    assert status == 2
+    assert "invalid device 'tpu'" in caplog.text

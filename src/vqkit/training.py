@@ -68,7 +68,10 @@ def setup_distributed(device: str = "auto") -> DistributedContext:
     """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch_device = torch.device(device)
+    try:
+        torch_device = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"invalid device {device!r}: pass 'cpu', 'cuda', 'cuda:N' or 'auto'") from error
     if torch_device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested, but CUDA is not available here. Pass --device cpu.")
     if torch_device.type not in ("cpu", "cuda"):

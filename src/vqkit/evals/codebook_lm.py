@@ -55,6 +55,18 @@ def load_model(name: str, device: str):
     return model_class.from_pretrained(str(folder), map_location=device)
 
 
+def check_role(model, role: str, name: str) -> None:
+    """Raise ValueError when `model` cannot play `role` ("tokfsm_plain", "text_codebook", ...)."""
+    from vqkit.models.codebook_lm import CodebookLM
+
+    if role.endswith("codebook") and not isinstance(model, CodebookLM):
+        raise ValueError(f"--{role.replace('_', '-')} {name} is a plain model; pass a codebook model")
+    if role.startswith("tokfsm") and model.vocab_size != 11:
+        raise ValueError(f"--{role.replace('_', '-')} {name} has {model.vocab_size} tokens; pass a TokFSM model (11 tokens)")
+    if role.startswith("text") and model.tokenizer is None:
+        raise ValueError(f"--{role.replace('_', '-')} {name} has no tokenizer; pass a text model")
+
+
 def evaluate_tokfsm(plain, codebook, *, generations: int, pairs: int, progress: bool) -> dict[str, Any]:
     """Return TokFSM accuracies for both models, and purity and steering rows for the codebook model."""
     from vqkit.data.fsm import FSM
@@ -156,10 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--only", choices=("tokfsm", "text"), help="run one of the two parts")
     parser.add_argument("--generations", type=int, default=100, help="sampled TokFSM generations (default: 100)")
     parser.add_argument("--pairs", type=int, default=100, help="state pairs per steering row (default: 100)")
-    parser.add_argument("--windows", type=int, default=10_000, help="at most this many 256-token test windows")
+    parser.add_argument(
+        "--windows", type=int, default=10_000, help="at most this many 256-token test windows (default: 10000)"
+    )
     parser.add_argument("--prompts", type=int, default=20, help="text prompts per steering measurement (default: 20)")
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens generated per prompt (default: 32)")
-    parser.add_argument("--out", type=Path, default=Path("results"), help="folder for the result files")
+    parser.add_argument(
+        "--out", type=Path, default=Path("results"), help="folder for the result files (default: ./results)"
+    )
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     parser.add_argument("--no-progress", action="store_true", help="do not show progress bars")
     return parser
@@ -175,6 +191,17 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) < 1:
             print(f"vqkit eval codebook-lm: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
             return USAGE_ERROR
+    if args.out.exists() and not args.out.is_dir():
+        print(f"vqkit eval codebook-lm: --out {args.out} is a file; pass a folder", file=sys.stderr)
+        return USAGE_ERROR
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        print(f"vqkit eval codebook-lm: invalid --device {args.device!r}; pass cpu, cuda or cuda:N", file=sys.stderr)
+        return USAGE_ERROR
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("vqkit eval codebook-lm: --device cuda requested, but CUDA is not available; pass --device cpu", file=sys.stderr)
+        return USAGE_ERROR
     progress = not args.no_progress
     results: dict[str, Any] = {
         "command": " ".join(["vqkit eval codebook-lm", *map(shlex.quote, argv)]),
@@ -184,10 +211,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.only in (None, "tokfsm"):
             plain, codebook = load_model(args.tokfsm_plain, args.device), load_model(args.tokfsm_codebook, args.device)
+            check_role(plain, "tokfsm_plain", args.tokfsm_plain)
+            check_role(codebook, "tokfsm_codebook", args.tokfsm_codebook)
             results["models"].update(tokfsm_plain=args.tokfsm_plain, tokfsm_codebook=args.tokfsm_codebook)
             results["tokfsm"] = evaluate_tokfsm(plain, codebook, generations=args.generations, pairs=args.pairs, progress=progress)
         if args.only in (None, "text"):
             base, codebook = load_model(args.text_base, args.device), load_model(args.text_codebook, args.device)
+            check_role(base, "text_base", args.text_base)
+            check_role(codebook, "text_codebook", args.text_codebook)
             results["models"].update(text_base=args.text_base, text_codebook=args.text_codebook)
             results["text"] = evaluate_text(
                 base, codebook, windows=args.windows, prompts=args.prompts, new_tokens=args.new_tokens, progress=progress

@@ -82,6 +82,9 @@ class CausalLM(nn.Module, VQKitModelMixin):
         """Wrap an existing transformers model, for example one loaded with
         `AutoModelForCausalLM.from_pretrained`, without copying its weights.
 
+        The wrapper uses `lm` itself: a `CodebookLM` attaches its hooks to `lm`'s modules, so
+        calling `lm` directly afterwards also runs through the codebooks.
+
         Other keyword arguments go to the constructor (codebook settings for `CodebookLM`).
         """
         if not isinstance(lm, PreTrainedModel):

@@ -126,7 +126,10 @@ class CodebookBottleneck(nn.Module):
 
     def check_codes(self, codes: Tensor) -> Tensor:
         """Validate override codes, shaped (G, n) or (P, G, n); return them as a long tensor."""
-        codes = torch.as_tensor(codes, dtype=torch.long)
+        codes = torch.as_tensor(codes)
+        if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+            raise ValueError(f"override codes must be integer code ids, got dtype {codes.dtype}")
+        codes = codes.long()
         if codes.ndim not in (2, 3) or codes.shape[-2] != self.groups:
             raise ValueError(
                 f"override codes must be shaped (groups={self.groups}, n) or (positions, {self.groups}, n), "

@@ -8,11 +8,12 @@ Interpretability for Neural Networks" (Tamkin, Taufeeque and Goodman, 2023).
   one codebook per head (G = number of heads);
 - "mlp": the MLP block's output, with one codebook (G = 1).
 
-Sites are named "layers.{i}.attn" and "layers.{i}.mlp". Training fine-tunes the whole model
-with the language-model loss plus the codebook loss. The active codes are discrete features:
+Sites are named "layers.{i}.attn" and "layers.{i}.mlp". Training uses the language-model
+loss plus the codebook loss; `vqkit train codebook-lm` trains the codes of a frozen model by
+default (see `vqkit.models.lm_train_config`). The active codes are discrete features:
 `recording` reads them and `steering` forces chosen codes on.
 
-    model = CodebookLM.from_pretrained("codebook-lm-tokfsm")
+    model = CodebookLM.from_pretrained("codebook-lm-tokfsm-k1")
     with model.recording() as codes:
         model(tokens)                            # codes["layers.1.mlp"]: long (B, T, 1, k)
     with model.steering({"layers.1.mlp": CodeOverride(torch.tensor([[42]]))}):
@@ -108,12 +109,16 @@ class CodebookLM(CausalLM):
         seed: int = 0,
     ):
         super().__init__(lm_config)
+        if isinstance(sites, str):
+            sites = [sites]
         unknown = sorted(set(sites) - set(SITE_KINDS))
         if unknown or not sites:
             raise ValueError(f"sites must be a non-empty subset of {SITE_KINDS}, got {list(sites)}")
         self.layout = _layout_for(self.lm.config.model_type)
         blocks = _get_submodule(self.lm, self.layout.layers)
         layers = list(range(len(blocks))) if layers is None else [int(layer) for layer in layers]
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"layers {list(layers)} repeats a layer; list each layer once")
         bad_layers = [layer for layer in layers if not 0 <= layer < len(blocks)]
         if bad_layers:
             raise ValueError(f"layers {bad_layers} do not exist; this model has layers 0..{len(blocks) - 1}")
@@ -193,7 +198,7 @@ class CodebookLM(CausalLM):
         Yields a dictionary that, after each forward call, maps each site to the long
         (B, T, G, k) codes of that call, best first in each group.
         """
-        names = self.sites if sites is None else list(sites)
+        names = self.sites if sites is None else ([sites] if isinstance(sites, str) else list(sites))
         bottlenecks = {name: self.bottleneck(name) for name in names}
         codes: dict[str, Tensor] = {}
         hooks = []
@@ -225,6 +230,11 @@ class CodebookLM(CausalLM):
         for site, override in overrides.items():
             bottleneck = self.bottleneck(site)
             bottleneck.check_codes(override.codes)
+            positions = override.positions
+            if positions is not None and not (
+                isinstance(positions, (list, tuple)) and all(isinstance(p, int) for p in positions)
+            ):
+                raise ValueError(f"override positions must be a list of ints or None, got {positions!r}")
             targets[site] = bottleneck
         try:
             for site, bottleneck in targets.items():

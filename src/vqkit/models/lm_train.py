@@ -68,12 +68,14 @@ def build_model(config: LMTrainConfig, base: str | Path | None) -> CausalLM:
     """Return the untrained model of `config`: a fresh `CausalLM`, `base` wrapped in a `CodebookLM`,
     or, for a codebook stage with `lm_config` and no `base`, a `CodebookLM` trained from scratch."""
     if config.stage == "base":
+        if base is not None:
+            raise ValueError("--base applies to codebook-stage configurations only; a base stage trains from scratch")
         return CausalLM(config.lm_config)
     if base is None:
         if config.lm_config:
             return CodebookLM(config.lm_config, **{**config.codebook, "seed": config.seed})
         raise ValueError("the codebook stage fine-tunes a trained model: pass --base with a base-stage checkpoint")
-    plain = CausalLM.from_pretrained(str(base))
+    plain = _load_base(config, base)
     return CodebookLM.from_hf(plain.lm, tokenizer=plain.tokenizer, **{**config.codebook, "seed": config.seed})
 
 
@@ -97,6 +99,30 @@ def build_optimizer(model: CausalLM, config: LMTrainConfig) -> torch.optim.AdamW
     if not groups:
         raise ValueError("nothing to train: lm_learning_rate is 0 and the model has no codebooks")
     return torch.optim.AdamW([{**group, "lr": group["peak_lr"]} for group in groups])
+
+
+def _load_base(config: LMTrainConfig, base: str | Path) -> CausalLM:
+    """Load a base-stage checkpoint folder or registered name, and check that it suits `config`'s task."""
+    import json
+
+    from vqkit import registry
+
+    if str(base) in registry.list_models():
+        base = registry.get_model_entry(str(base)).require_checkpoint()
+    config_file = Path(base) / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"base checkpoint not found: {base} has no config.json. Pass a folder that `vqkit train codebook-lm` wrote in the base stage")
+    stored = json.loads(config_file.read_text())
+    if "codebook_size" in stored:
+        raise ValueError(f"--base {base} is a codebook model; pass the plain base-stage checkpoint it was trained from")
+    plain = CausalLM.from_pretrained(str(base))
+    expected_vocab = 11 if config.task == "tokfsm" else config.text_vocab_size
+    if plain.vocab_size != expected_vocab:
+        raise ValueError(
+            f"--base {base} has a vocabulary of {plain.vocab_size} tokens, but the {config.task} task needs "
+            f"{expected_vocab}; pass a base checkpoint trained on {config.task}"
+        )
+    return plain
 
 
 class _Batches:
@@ -159,6 +185,9 @@ def train(
     """
     config.validate()
     out_dir, state_dir = Path(out_dir), Path(state_dir)
+    for folder, option in ((out_dir, "--out"), (state_dir, "--state-dir")):
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"{option} {folder} is a file; pass a folder")
     state_file = state_dir / STATE_FILE
     context = setup_distributed(device)
     if config.batch_size % context.world_size:
@@ -308,7 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a plain language model (base stage) or fine-tune it with codebooks (codebook stage).",
     )
     parser.add_argument("--config", required=True, choices=sorted(CONFIGS), help="named configuration")
-    parser.add_argument("--base", type=Path, help="base-stage checkpoint that the codebook stage fine-tunes")
+    parser.add_argument(
+        "--base", type=Path, help="base-stage checkpoint folder or registered name that the codebook stage starts from"
+    )
     add_training_run_arguments(parser)
     parser.add_argument("--batch-size", type=positive_int(), help="global batch size in sequences")
     parser.add_argument("--eval-every", type=positive_int(), help="steps between evaluations")

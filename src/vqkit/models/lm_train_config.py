@@ -4,6 +4,7 @@ and their codebook fine-tunes ("codebook" stage), on TokFSM and on Python's docu
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,8 @@ class LMTrainConfig:
             raise ValueError(f"task {self.task!r} is not one of {TASKS}")
         if self.stage not in STAGES:
             raise ValueError(f"stage {self.stage!r} is not one of {STAGES}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"learning rate {self.learning_rate} must be a positive number (--lr)")
         if self.lm_learning_rate is not None and self.lm_learning_rate < 0:
             raise ValueError(f"lm_learning_rate={self.lm_learning_rate} must be 0 (frozen) or positive")
         if self.stage == "base" and "model_type" not in self.lm_config:
