@@ -35,7 +35,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     """Return the Markdown report: set-up, then the TokFSM and text sections that were run."""
     machine = results["machine"]
     parts = [
-        f"Command: `{results['command']}`. Machine: {machine['cpu_model']}, {machine['threads']} threads, "
+        f"Command: `{results['command']}`. Machine: {machine['cpu_model']}, torch threads: {machine['threads']}, "
         f"device {machine['device']}, torch {machine['torch']}, vqkit {machine['vqkit']}, {machine['date']}.",
         "Models: " + ", ".join(f"{role} `{name}`" for role, name in results["models"].items()) + ".",
     ]
