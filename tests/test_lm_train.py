@@ -428,9 +428,16 @@ def test_base_config_rejects_base_option(tokfsm_base, tmp_path, caplog):
 
 
 def test_codebook_base_must_be_plain_model(tokfsm_base, tmp_path, caplog):
-    assert run_main("--config", "tiny-tokfsm-codebook", "--base", tokfsm_base, "--out", tmp_path / "codebook") == 0
+    first = run_main(
+        "--config", "tiny-tokfsm-codebook", "--base", tokfsm_base, "--out", tmp_path / "codebook",
+        "--state-dir", tmp_path / "codebook-state",
+    )
+    assert first == 0
 
-    status = run_main("--config", "tiny-tokfsm-codebook", "--base", tmp_path / "codebook", "--out", tmp_path / "again")
+    status = run_main(
+        "--config", "tiny-tokfsm-codebook", "--base", tmp_path / "codebook", "--out", tmp_path / "again",
+        "--state-dir", tmp_path / "again-state",
+    )
 
     assert status == 2
     assert "is a codebook model" in caplog.text

@@ -22,6 +22,19 @@ def positive_int(value_name: str = "value") -> Callable[[str], int]:
     return parse
 
 
+def training_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """Return the configuration fields that the shared training options set, leaving out options not given."""
+    values = {
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "learning_rate": args.lr,
+        "eval_every": args.eval_every,
+        "save_every": args.save_every,
+        "seed": args.seed,
+    }
+    return {name: value for name, value in values.items() if value is not None}
+
+
 def add_training_run_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options that every `vqkit train` target shares: output folders, steps, resume,
     device, learning rate, checkpoint interval and the progress bar."""

@@ -108,7 +108,7 @@ def read_python_docs(folder: Path) -> list[Document]:
 
 
 # Directives whose whole block is markup for Sphinx (index entries, authors, the code-highlighting
-# language, the table of contents, doctest setup) rather than text a reader sees.
+# language, the table of contents, doctest setup) rather than text shown to a reader.
 _DROPPED_DIRECTIVES = ("index", "moduleauthor", "sectionauthor", "highlight", "toctree", "testsetup", "testcleanup")
 # A comment is ".." followed by anything but a directive ("name::"), a footnote ("[") or a
 # substitution ("|"), and a hyperlink target is ".. _name:".

@@ -1,6 +1,8 @@
-"""Reading and steering the codes of a text `CodebookLM`: which codes fire on a set of tokens
-(digits, Python keywords, built-in type names), the contexts where a code fires, and how often
-generation lands in the set when such a code is forced on.
+"""Functions that read and steer the codes of a text `CodebookLM`.
+
+They find the codes that fire on a set of tokens (digits, Python keywords, built-in type
+names), list the contexts where a code fires, and measure how often generation lands in the
+set when such codes are forced on.
 
 NOTE: month names are not a token set. In the 4096-token BPE of Python's documentation each
 month name splits into pieces such as " J" + "an" + "u" + "ary", so no token stands for one.
@@ -75,12 +77,13 @@ def search_codes(
 ) -> list[dict]:
     """Find the codes whose activations fall most often on tokens with `in_set[token]` true.
 
-    With `offset` 0 a code's activation counts for the token it fires on; with `offset` 1 it
-    counts for the next token, which finds codes that predict the set. Returns up to `top`
-    rows over all sites and groups, best precision first, each with the site, group, code,
-    precision (share of the code's activations on the set), recall (share of the set's tokens
-    on which the code is active) and count (activations). Codes with fewer than `min_count`
-    activations, or none on the set, are skipped.
+    With `offset` 0 a code's activation counts for the token it fires on. With `offset` 1 it
+    counts for the next token, which finds codes that predict the set.
+
+    Returns up to `top` rows over all sites and groups, best precision first. Each row has the
+    site, group and code, the precision (share of the code's activations on the set), the
+    recall (share of the set's tokens on which the code is active) and the count of
+    activations. Codes with fewer than `min_count` activations, or none on the set, are skipped.
     """
     if offset not in (0, 1):
         raise ValueError(f"offset must be 0 (the token itself) or 1 (the next token), got {offset}")

@@ -143,12 +143,12 @@ def state_purity(model, fsm: FSM, num_sequences: int = 64, seed: int = 1, min_co
         counts = torch.zeros(groups * model.bottleneck(site).codebook_size, fsm.num_states)
         counts.index_put_((code_ids.flatten(), state_ids.flatten()), torch.ones(code_ids.numel()), accumulate=True)
         totals = counts.sum(dim=1)
-        kept = totals >= min_count
-        purity = counts.max(dim=1).values[kept] / totals[kept]
+        frequent = totals >= min_count
+        purity = counts.max(dim=1).values[frequent] / totals[frequent]
         result[site] = {
-            "mean_purity": float(purity.mean()) if kept.any() else float("nan"),
-            "weighted_purity": float((purity * totals[kept]).sum() / totals[kept].sum()) if kept.any() else float("nan"),
-            "codes": int(kept.sum()),
+            "mean_purity": float(purity.mean()) if frequent.any() else float("nan"),
+            "weighted_purity": float((purity * totals[frequent]).sum() / totals[frequent].sum()) if frequent.any() else float("nan"),
+            "codes": int(frequent.sum()),
         }
     return result
 
@@ -163,11 +163,13 @@ def steering_by_layer(
     For each random pair (a, b), the model reads a walk ending in b, and its codes at the last
     `digits` positions are recorded. Then it reads a walk ending in a with those codes forced
     at the same relative positions, at the sites of one entry of `site_sets`. The default
-    entries are each layer's attention and MLP sites together, keyed "layers.{i}". Returns one
-    row per entry:
-    `success`, the patched probability mass on b's successors (the expected share of sampled
-    next states that are valid successors of b); `js_to_b`, the JS divergence in bits from b's
-    true next-state distribution; and `unpatched_success`, the same mass without the patch.
+    entries are each layer's attention and MLP sites together, keyed "layers.{i}".
+
+    Returns one row per entry, with these fields:
+    - `success`: the patched probability mass on b's successors, which equals the expected
+      share of sampled next states that are valid successors of b.
+    - `js_to_b`: the Jensen-Shannon divergence in bits from b's true next-state distribution.
+    - `unpatched_success`: the same mass without the patch.
     """
     rng = np.random.default_rng(seed)
     if site_sets is None:

@@ -5,7 +5,7 @@ compressed KV caches and weights) wrap a `transformers` causal LM built from a c
 dictionary. Any architecture that `AutoModelForCausalLM` supports works, so a Llama checkpoint
 that a user loads with `transformers` can be wrapped with `CausalLM.from_hf`.
 
-A checkpoint folder holds `config.json` (the constructor arguments, including the
+A checkpoint folder contains `config.json` (the constructor arguments, including the
 transformers config as `lm_config`), `model.safetensors` and, when the model has one, the
 tokenizer files that `PreTrainedTokenizerFast.save_pretrained` writes.
 """

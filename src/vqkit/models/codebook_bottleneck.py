@@ -130,6 +130,7 @@ class CodebookBottleneck(nn.Module):
         if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
             raise ValueError(f"override codes must be integer code ids, got dtype {codes.dtype}")
         codes = codes.long()
+
         if codes.ndim not in (2, 3) or codes.shape[-2] != self.groups:
             raise ValueError(
                 f"override codes must be shaped (groups={self.groups}, n) or (positions, {self.groups}, n), "
@@ -139,11 +140,14 @@ class CodebookBottleneck(nn.Module):
             raise ValueError(f"an override forces 1 to k={self.k} codes per group, got {codes.shape[-1]}")
         if (codes < -1).any():
             raise ValueError(f"code ids must be valid ids or -1 (keep the group's own codes), got {int(codes.min())}")
+
+        # -1 marks a group that keeps its own codes; it must fill the group's whole row.
         free = codes == -1
         if (free.any(dim=-1) != free.all(dim=-1)).any():
             raise ValueError("in each group, override codes must be all -1 (keep the group's own codes) or all valid ids")
         if codes.ndim == 3 and (free.all(dim=-1).any(dim=0) != free.all(dim=-1).all(dim=0)).any():
             raise ValueError("a group's override codes must be -1 at every position or at none")
+
         valid = codes[~free]
         if valid.numel() == 0:
             raise ValueError("the override forces no code: every entry is -1")
@@ -151,6 +155,7 @@ class CodebookBottleneck(nn.Module):
             raise ValueError(
                 f"code ids must lie in [0, {self.codebook_size - 1}] (or be -1), got {int(valid.max())}"
             )
+
         sorted_codes = codes.sort(dim=-1).values
         if ((sorted_codes[..., 1:] == sorted_codes[..., :-1]) & (sorted_codes[..., 1:] >= 0)).any():
             raise ValueError("override codes repeat a code within a group; list each code once")
@@ -205,5 +210,5 @@ def _merge_forced(candidates: Tensor, forced: Tensor, k: int) -> Tensor:
     is_forced = (candidates[..., :, None] == forced[..., None, :]).any(dim=-1)  # (B, P, k + n)
     # A stable sort on the flag keeps the score order among the codes that are not forced.
     order = torch.argsort(is_forced.to(torch.int8), dim=-1, stable=True)
-    kept = candidates.gather(-1, order)[..., : k - forced.shape[-1]]
-    return torch.cat([forced, kept], dim=-1)
+    best_others = candidates.gather(-1, order)[..., : k - forced.shape[-1]]
+    return torch.cat([forced, best_others], dim=-1)

@@ -198,7 +198,12 @@ class CodebookLM(CausalLM):
         Yields a dictionary that, after each forward call, maps each site to the long
         (B, T, G, k) codes of that call, best first in each group.
         """
-        names = self.sites if sites is None else ([sites] if isinstance(sites, str) else list(sites))
+        if sites is None:
+            names = self.sites
+        elif isinstance(sites, str):
+            names = [sites]
+        else:
+            names = list(sites)
         bottlenecks = {name: self.bottleneck(name) for name in names}
         codes: dict[str, Tensor] = {}
         hooks = []

@@ -32,7 +32,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
-from vqkit.cli_types import add_training_run_arguments, positive_int
+from vqkit.cli_types import add_training_run_arguments, positive_int, training_overrides
 from vqkit.models.causal_lm import CausalLM
 from vqkit.models.codebook_lm import CodebookLM
 from vqkit.models.lm_train_config import (
@@ -319,8 +319,8 @@ def _prepare_metrics(state_dir: Path, start_step: int) -> None:
     if start_step == 0:
         metrics_file.unlink(missing_ok=True)
     elif metrics_file.is_file():
-        kept = [line for line in metrics_file.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= start_step]
-        metrics_file.write_text("".join(line + "\n" for line in kept))
+        earlier_lines = [line for line in metrics_file.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= start_step]
+        metrics_file.write_text("".join(line + "\n" for line in earlier_lines))
 
 
 def _append_metrics(state_dir: Path, record: dict[str, float]) -> None:
@@ -350,15 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run `vqkit train codebook-lm ARGS` and return the exit status."""
     args = build_parser().parse_args(argv)
-    overrides = {
-        "steps": args.steps,
-        "batch_size": args.batch_size,
-        "learning_rate": args.lr,
-        "eval_every": args.eval_every,
-        "save_every": args.save_every,
-        "seed": args.seed,
-    }
-    config = dataclasses.replace(CONFIGS[args.config], **{k: v for k, v in overrides.items() if v is not None})
+    config = dataclasses.replace(CONFIGS[args.config], **training_overrides(args))
     state_dir = args.state_dir or Path("runs") / args.out.resolve().name
     try:
         train(config, args.out, state_dir, base=args.base, resume=args.resume, device=args.device, progress=not args.no_progress)

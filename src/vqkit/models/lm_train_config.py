@@ -16,9 +16,9 @@ STAGES = ("base", "codebook")
 class LMTrainConfig:
     """Settings of one language-model training run.
 
-    `lm_config` is the transformers config of the model trained from scratch in the "base"
-    stage; the "codebook" stage reads the model from `--base` instead and adds the codebooks
-    that `codebook` describes (keyword arguments of `CodebookLM`).
+    `lm_config` is the transformers config of the model that the "base" stage trains from
+    scratch. The "codebook" stage instead reads the model from `--base` and adds the codebooks
+    that `codebook` describes, as keyword arguments of `CodebookLM`.
     """
 
     task: str
@@ -101,10 +101,11 @@ def _tiny(task: str, stage: str, **settings: Any) -> LMTrainConfig:
 
 
 # The codebook configurations freeze the LM and train only the codes, with the LM loss
-# (through the codes) plus the codebook loss. NOTE: fine-tuning the LM weights as well, at peak
-# learning rates from 1e-4 to 1e-3 with commitment weights from 0 to 2, raised the TokFSM LM loss
-# within 80 steps on every try (the straight-through gradient moves the activations away from
-# their codes), so these short CPU runs keep the base weights.
+# (through the codes) plus the codebook loss.
+# NOTE: fine-tuning the LM weights as well raised the TokFSM LM loss within 80 steps in every
+# run we tried, at peak learning rates from 1e-4 to 1e-3 and commitment weights from 0 to 2.
+# The straight-through gradient moves the activations away from their codes, so these short
+# CPU runs keep the base weights.
 CONFIGS: dict[str, LMTrainConfig] = {
     "tokfsm-base": LMTrainConfig(
         task="tokfsm", stage="base", lm_config=_TOKFSM_LM, steps=1500, batch_size=64, learning_rate=2e-3
@@ -119,7 +120,8 @@ CONFIGS: dict[str, LMTrainConfig] = {
         lm_learning_rate=0.0,
         warmup_steps=50,
     ),
-    # The whole model trained from scratch with its codebooks, as on TokFSM in the paper.
+    # The whole model trained from scratch with its codebooks, as "Codebook Features" trains
+    # its TokFSM models. NOTE: at this learning rate the codebook loss diverged within 100 steps.
     "tokfsm-codebook-scratch": LMTrainConfig(
         task="tokfsm",
         stage="codebook",
@@ -135,7 +137,8 @@ CONFIGS: dict[str, LMTrainConfig] = {
     "text-codebook": LMTrainConfig(
         task="text",
         stage="codebook",
-        # Attention outputs only, one codebook per head, as in the paper's language-model runs.
+        # Attention outputs only, one codebook per head, as the "Codebook Features" paper does
+        # for its language models on WikiText-103.
         codebook={"codebook_size": 2000, "k": 8, "sites": ["attn"], "dead_code_threshold": 200},
         steps=600,
         batch_size=16,

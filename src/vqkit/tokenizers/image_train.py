@@ -37,7 +37,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from vqkit.cli_types import add_training_run_arguments, positive_int
+from vqkit.cli_types import add_training_run_arguments, positive_int, training_overrides
 from vqkit.data.images import PhotoCrops, eval_photos
 from vqkit.tokenizers.discriminator import (
     PatchDiscriminator,
@@ -355,16 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> ImageTrainConfig:
     """Return the named configuration with the command-line overrides applied."""
-    overrides = {
-        "steps": args.steps,
-        "batch_size": args.batch_size,
-        "learning_rate": args.lr,
-        "eval_every": args.eval_every,
-        "save_every": args.save_every,
-        "seed": args.seed,
-        "discriminator_start": args.gan_start,
-    }
-    overrides = {name: value for name, value in overrides.items() if value is not None}
+    overrides = training_overrides(args)
+    if args.gan_start is not None:
+        overrides["discriminator_start"] = args.gan_start
     return dataclasses.replace(CONFIGS[args.config], **overrides)
 
 
