@@ -320,3 +320,11 @@ def test_saved_files_follow_umask(tmp_path):
         os.umask(old_umask)
     for name in ("config.json", "model.safetensors"):
         assert stat.S_IMODE((tmp_path / "ckpt" / name).stat().st_mode) == 0o644, name
+
+
+@pytest.mark.parametrize("name", ["missing/deeper/folder", "./missing", "/no/such/checkpoint", "~/no-such-vqkit-folder"])
+def test_missing_local_folder_is_reported_as_such(name, tmp_path, monkeypatch):
+    """A path that cannot be a Hub repo id gives FileNotFoundError, not a repo-id error from huggingface_hub."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        TinyCodec.from_pretrained(name)

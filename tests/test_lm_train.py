@@ -255,14 +255,14 @@ class Interrupted(Exception):
 
 def interrupt_at_step(monkeypatch, step: int) -> None:
     """Make the training loop stop when it records the metrics of `step`."""
-    append = lm_train._append_metrics
+    append = lm_train.append_metrics
 
-    def append_or_stop(state_dir, record):
+    def append_or_stop(metrics_file, record):
         if record["step"] == step:
             raise Interrupted(f"stopped at step {step}")
-        append(state_dir, record)
+        append(metrics_file, record)
 
-    monkeypatch.setattr(lm_train, "_append_metrics", append_or_stop)
+    monkeypatch.setattr(lm_train, "append_metrics", append_or_stop)
 
 
 @pytest.mark.parametrize(

@@ -192,7 +192,13 @@ def _resolve_registered_name(cls: type, name_or_path: str | os.PathLike[str]) ->
     from vqkit import registry
 
     if not registry.is_registered(name_or_path):
-        return os.fspath(name_or_path)
+        source = os.fspath(name_or_path)
+        if _looks_like_path(source) and not Path(source).expanduser().exists():
+            raise FileNotFoundError(
+                f"checkpoint folder {source} does not exist; pass an existing folder written by save_pretrained, "
+                "a registered model name (`vqkit list`) or a Hub repo id such as 'owner/name'"
+            )
+        return source
 
     entry = registry.get_model_entry(str(name_or_path))
     registered_class = entry.import_class()
@@ -202,6 +208,11 @@ def _resolve_registered_name(cls: type, name_or_path: str | os.PathLike[str]) ->
             f"{cls.__module__}.{cls.__qualname__}. Load it with vqkit.load({entry.name!r})."
         )
     return str(entry.require_checkpoint())
+
+
+def _looks_like_path(source: str) -> bool:
+    """True for strings that cannot be a Hub repo id ("name" or "owner/name"): absolute or relative paths."""
+    return source.startswith(("/", ".", "~")) or source.count("/") > 1 or os.sep != "/" and os.sep in source
 
 
 def _validate_device(device: str | torch.device) -> str:

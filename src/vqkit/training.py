@@ -276,3 +276,137 @@ def load_resumable_state(state_file: Path, resume: bool) -> tuple[dict[str, Tens
     if resume:
         logger.info("No training state at %s, starting a new run", state_file)
     return None
+
+
+def model_state_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Collect the weights, optimizer moments, torch RNG state and codebook resume state of a run.
+
+    Returns (tensors, metadata); the caller adds step, config and format to the metadata.
+    """
+    tensors = {f"model.{name}": tensor for name, tensor in model.state_dict().items()}
+    optimizer_tensors, optimizer_meta = optimizer_state_tensors(optimizer, "optimizer")
+    tensors.update(optimizer_tensors)
+    tensors["rng.torch"] = torch.get_rng_state()
+    tensors.update(codebook_resume_tensors(model))
+    return tensors, {"optimizer": optimizer_meta}
+
+
+def restore_model_state(
+    saved: tuple[dict[str, Tensor], dict[str, Any]], model: torch.nn.Module, optimizer: torch.optim.Optimizer, state_format: int
+) -> int:
+    """Load the output of `model_state_tensors` into freshly built objects; return the completed steps."""
+    tensors, metadata = saved
+    if metadata.get("format") != state_format:
+        raise ValueError(
+            f"training state has format {metadata.get('format')!r}, this vqkit reads format {state_format}; "
+            "start a new run"
+        )
+    model.load_state_dict(prefixed(tensors, "model"))
+    load_optimizer_state(optimizer, tensors, metadata["optimizer"], "optimizer")
+    torch.set_rng_state(tensors["rng.torch"])
+    load_codebook_resume_tensors(model, tensors)
+    return int(metadata["step"])
+
+
+def prepare_metrics_file(metrics_file: Path, start_step: int) -> None:
+    """Create the folder of `metrics_file` and drop the records of steps after `start_step`.
+
+    A new run (step 0) starts an empty file. A resumed run keeps the earlier steps: the
+    steps after its checkpoint ran in the interrupted run and run again now.
+    """
+    metrics_file.parent.mkdir(parents=True, exist_ok=True)
+    if start_step == 0:
+        metrics_file.unlink(missing_ok=True)
+    elif metrics_file.is_file():
+        kept_lines = [
+            line
+            for line in metrics_file.read_text().splitlines()
+            if line.strip() and int(json.loads(line)["step"]) <= start_step
+        ]
+        metrics_file.write_text("".join(line + "\n" for line in kept_lines))
+
+
+def append_metrics(metrics_file: Path, record: dict[str, float]) -> None:
+    """Append `record` to `metrics_file` as one JSON line."""
+    with open(metrics_file, "a") as file:
+        file.write(json.dumps(record) + "\n")
+
+
+@dataclass
+class RunStart:
+    """What `start_run` returns: the configuration to train with and where the run stands."""
+
+    config: Any
+    """The requested configuration, or the stored one with the resumable changes when resuming."""
+    context: DistributedContext
+    saved: tuple[dict[str, Tensor], dict[str, Any]] | None
+    """The training state to restore, or None for a new run."""
+    state_file: Path
+
+
+def start_run(
+    config: ConfigT,
+    out_dir: Path,
+    state_dir: Path,
+    state_file_name: str,
+    *,
+    resume: bool,
+    device: str,
+    resumable: tuple[str, ...],
+    to_json: Callable[[ConfigT], dict[str, Any]],
+    from_json: Callable[[dict[str, Any]], ConfigT],
+) -> RunStart:
+    """Check the output folders, join the process group and load the state to resume, if any.
+
+    `config` needs a `batch_size`, which must split evenly across ranks. Raises ValueError for
+    a folder that is a file, an uneven batch or a resumed state with other settings, and
+    FileExistsError for an existing state without `resume`.
+    """
+    for folder, option in ((out_dir, "--out"), (state_dir, "--state-dir")):
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"{option} {folder} is a file; pass a folder")
+    state_file = state_dir / state_file_name
+    context = setup_distributed(device)
+    if config.batch_size % context.world_size:
+        raise ValueError(f"batch_size {config.batch_size} does not split evenly across {context.world_size} ranks")
+
+    saved = load_resumable_state(state_file, resume)
+    if saved is not None:
+        stored = from_json(saved[1]["config"])
+        config = merge_resumed_config(config, stored, int(saved[1]["step"]), state_file, resumable, to_json)
+    return RunStart(config, context, saved, state_file)
+
+
+def wrap_for_ranks(model: torch.nn.Module, context: DistributedContext) -> torch.nn.Module:
+    """Return `model` in DistributedDataParallel when several ranks train, else `model` itself."""
+    if context.world_size == 1:
+        return model
+    device_ids = [context.device.index] if context.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids, **DDP_NO_BUFFER_SYNC)
+
+
+def save_run(
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    out_dir: Path,
+    state_file: Path,
+    context: DistributedContext,
+    metadata: dict[str, Any],
+    prepare: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None,
+) -> None:
+    """Write the training state, then the model with `save_pretrained`, on rank 0; the other ranks wait.
+
+    `metadata` (config, format, ...) joins the state's metadata together with `step`.
+    `prepare` may rewrite the tensors before saving, for example to copy tied weights.
+    """
+    if context.is_main:
+        tensors, state_metadata = model_state_tensors(model, optimizer)
+        if prepare is not None:
+            tensors = prepare(tensors)
+        state_metadata.update(metadata, step=step)
+        save_training_state(state_file, tensors, state_metadata)
+        model.save_pretrained(out_dir)
+        logger.info("Saved step %d to %s and %s", step, state_file.parent, out_dir)
+    if context.world_size > 1:
+        dist.barrier()

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
-from vqkit.evals import metrics
-from vqkit.evals.report import markdown_table
+from vqkit.evals.report import markdown_table, write_json_and_markdown
 
 logger = logging.getLogger(__name__)
 
@@ -19,10 +17,8 @@ PLOT_FILE = "codebook_lm_steering.png"
 
 def write_results(out_dir: Path, results: dict[str, Any]) -> str:
     """Write the JSON, Markdown and plot files into `out_dir`; return the Markdown."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     markdown = render_markdown(results)
-    (out_dir / JSON_FILE).write_text(json.dumps(metrics.json_safe(results), indent=2, allow_nan=False) + "\n")
-    (out_dir / MARKDOWN_FILE).write_text(markdown)
+    write_json_and_markdown(out_dir, JSON_FILE, results, MARKDOWN_FILE, markdown)
     written = [JSON_FILE, MARKDOWN_FILE]
     if "tokfsm" in results:
         save_steering_plot(out_dir / PLOT_FILE, results["tokfsm"])

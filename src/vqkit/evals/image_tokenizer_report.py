@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
-from vqkit.evals import metrics
-from vqkit.evals.report import markdown_table
+from vqkit.evals.report import markdown_table, write_json_and_markdown
 
 logger = logging.getLogger(__name__)
 
@@ -23,11 +21,9 @@ GRID_DEPTHS = (1, 2, 4)
 
 def write_results(out_dir: Path, results: dict[str, Any], images: dict[str, Tensor]) -> str:
     """Write the JSON, Markdown and grid files into `out_dir`; return the Markdown."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     markdown = render_markdown(results)
     public = {key: value for key, value in results.items() if not key.startswith("_")}
-    (out_dir / JSON_FILE).write_text(json.dumps(metrics.json_safe(public), indent=2, allow_nan=False) + "\n")
-    (out_dir / MARKDOWN_FILE).write_text(markdown)
+    write_json_and_markdown(out_dir, JSON_FILE, public, MARKDOWN_FILE, markdown)
     save_grid(out_dir / GRID_FILE, images, results)
     logger.info("Wrote %s, %s and %s to %s", JSON_FILE, MARKDOWN_FILE, GRID_FILE, out_dir)
     return markdown

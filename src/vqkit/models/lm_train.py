@@ -30,7 +30,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch.nn.parallel import DistributedDataParallel
 
 from vqkit.cli_types import add_training_run_arguments, positive_int, training_overrides
 from vqkit.models.causal_lm import CausalLM
@@ -43,18 +42,14 @@ from vqkit.models.lm_train_config import (
     config_to_json,
 )
 from vqkit.training import (
-    DDP_NO_BUFFER_SYNC,
-    codebook_resume_tensors,
+    append_metrics,
     cosine_learning_rate,
-    load_codebook_resume_tensors,
-    load_optimizer_state,
-    load_resumable_state,
     mean_over_ranks,
-    merge_resumed_config,
-    optimizer_state_tensors,
-    prefixed,
-    save_training_state,
-    setup_distributed,
+    prepare_metrics_file,
+    restore_model_state,
+    save_run,
+    start_run,
+    wrap_for_ranks,
 )
 
 logger = logging.getLogger(__name__)
@@ -103,7 +98,6 @@ def build_optimizer(model: CausalLM, config: LMTrainConfig) -> torch.optim.AdamW
 
 def _load_base(config: LMTrainConfig, base: str | Path) -> CausalLM:
     """Load a base-stage checkpoint folder or registered name, and check that it suits `config`'s task."""
-    import json
 
     from vqkit import registry
 
@@ -185,18 +179,11 @@ def train(
     """
     config.validate()
     out_dir, state_dir = Path(out_dir), Path(state_dir)
-    for folder, option in ((out_dir, "--out"), (state_dir, "--state-dir")):
-        if folder.exists() and not folder.is_dir():
-            raise ValueError(f"{option} {folder} is a file; pass a folder")
-    state_file = state_dir / STATE_FILE
-    context = setup_distributed(device)
-    if config.batch_size % context.world_size:
-        raise ValueError(f"batch_size {config.batch_size} does not split evenly across {context.world_size} ranks")
-
-    saved = load_resumable_state(state_file, resume)
-    if saved is not None:
-        stored = config_from_json(saved[1]["config"])
-        config = merge_resumed_config(config, stored, int(saved[1]["step"]), state_file, RESUMABLE_CHANGES, config_to_json)
+    run = start_run(
+        config, out_dir, state_dir, STATE_FILE, resume=resume, device=device, resumable=RESUMABLE_CHANGES,
+        to_json=config_to_json, from_json=config_from_json,
+    )  # fmt: skip
+    config, context, saved = run.config, run.context, run.saved
 
     torch.manual_seed(config.seed)
     model = build_model(config, base).to(context.device)
@@ -204,17 +191,14 @@ def train(
     optimizer = build_optimizer(model, config)
     start_step = 0
     if saved is not None:
-        start_step = _restore(saved, model, optimizer)
-        logger.info("Resuming from step %d of %d (%s)", start_step, config.steps, state_file)
+        start_step = restore_model_state(saved, model, optimizer, STATE_FORMAT)
+        logger.info("Resuming from step %d of %d (%s)", start_step, config.steps, run.state_file)
     if context.is_main:
-        _prepare_metrics(state_dir, start_step)
+        prepare_metrics_file(state_dir / METRICS_FILE, start_step)
 
     trained_parameters = [p for group in optimizer.param_groups for p in group["params"]]
     batches = _Batches(config, model)
-    train_model = model
-    if context.world_size > 1:
-        device_ids = [context.device.index] if context.device.type == "cuda" else None
-        train_model = DistributedDataParallel(model, device_ids=device_ids, **DDP_NO_BUFFER_SYNC)
+    train_model = wrap_for_ranks(model, context)
 
     from tqdm.auto import tqdm
 
@@ -251,9 +235,10 @@ def train(
             metrics.update(evaluation)
             bar.write(f"step {completed}: " + ", ".join(f"{k} {v:.4f}" for k, v in evaluation.items()))
         if context.is_main:
-            _append_metrics(state_dir, metrics)
+            append_metrics(state_dir / METRICS_FILE, metrics)
         if completed % config.save_every == 0 or is_last:
-            _save(completed, config, model, optimizer, out_dir, state_dir, context)
+            metadata = {"config": config_to_json(config), "format": STATE_FORMAT}
+            save_run(completed, model, optimizer, out_dir, run.state_file, context, metadata, prepare=_unshared)
     bar.close()
     if context.world_size > 1:
         dist.barrier()
@@ -274,22 +259,6 @@ def _step_metrics(output: Any, grad_norm: Tensor) -> dict[str, float]:
     return metrics
 
 
-def _save(step, config, model, optimizer, out_dir: Path, state_dir: Path, context) -> None:
-    """Write the training state, then the model, on rank 0; the other ranks wait for it."""
-    if context.is_main:
-        tensors = _unshared({f"model.{name}": tensor for name, tensor in model.state_dict().items()})
-        optimizer_tensors, optimizer_meta = optimizer_state_tensors(optimizer, "optimizer")
-        tensors.update(optimizer_tensors)
-        tensors["rng.torch"] = torch.get_rng_state()
-        tensors.update(codebook_resume_tensors(model))
-        metadata = {"optimizer": optimizer_meta, "step": step, "config": config_to_json(config), "format": STATE_FORMAT}
-        save_training_state(state_dir / STATE_FILE, tensors, metadata)
-        model.save_pretrained(out_dir)
-        logger.info("Saved step %d to %s and %s", step, state_dir, out_dir)
-    if context.world_size > 1:
-        dist.barrier()
-
-
 def _unshared(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
     """Copy the tensors that share memory with an earlier one (tied embeddings), which safetensors rejects."""
     seen: set[int] = set()
@@ -299,33 +268,6 @@ def _unshared(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
         result[name] = tensor.clone() if pointer in seen else tensor
         seen.add(pointer)
     return result
-
-
-def _restore(saved, model: CausalLM, optimizer) -> int:
-    tensors, metadata = saved
-    if metadata.get("format") != STATE_FORMAT:
-        raise ValueError(f"training state has format {metadata.get('format')!r}, expected {STATE_FORMAT}; start a new run")
-    model.load_state_dict(prefixed(tensors, "model"))
-    load_optimizer_state(optimizer, tensors, metadata["optimizer"], "optimizer")
-    torch.set_rng_state(tensors["rng.torch"])
-    load_codebook_resume_tensors(model, tensors)
-    return int(metadata["step"])
-
-
-def _prepare_metrics(state_dir: Path, start_step: int) -> None:
-    """Create `state_dir` and drop metrics recorded after the resumed step."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    metrics_file = state_dir / METRICS_FILE
-    if start_step == 0:
-        metrics_file.unlink(missing_ok=True)
-    elif metrics_file.is_file():
-        earlier_lines = [line for line in metrics_file.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= start_step]
-        metrics_file.write_text("".join(line + "\n" for line in earlier_lines))
-
-
-def _append_metrics(state_dir: Path, record: dict[str, float]) -> None:
-    with open(state_dir / METRICS_FILE, "a") as file:
-        file.write(json.dumps(record) + "\n")
 
 
 # ---- command line ------------------------------------------------------------------------------

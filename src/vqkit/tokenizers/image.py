@@ -15,10 +15,9 @@ levels to approximate the latent, one model decodes at every depth from 1 to `to
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +27,7 @@ from diffusers.models.autoencoders.vae import Decoder, Encoder
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from vqkit._modules import eval_mode
 from vqkit.hub import VQKitModelMixin
 from vqkit.quantizers import QuantizerOutput, ResidualVQ
 from vqkit.tokenizers.image_inputs import MAX_IMAGE_SIDE, ImageInput, prepare_images
@@ -212,7 +212,7 @@ class ImageTokenizer(nn.Module, VQKitModelMixin):
             f = self.downsample_factor
             return torch.empty((0, self.depth, x.shape[2] // f, x.shape[3] // f), dtype=torch.long, device=x.device)
 
-        with _eval_mode(self.quantizer):
+        with eval_mode(self.quantizer):
             output = self.quantizer(self._lookup_latents(x))
         return output.indices.permute(0, 3, 1, 2).contiguous()
 
@@ -257,7 +257,7 @@ class ImageTokenizer(nn.Module, VQKitModelMixin):
         padded, size = self._pad(x, warn=False)
         if x.shape[0] == 0:
             return x
-        with _eval_mode(self.quantizer):
+        with eval_mode(self.quantizer):
             codes = self.quantizer(self._lookup_latents(padded)).indices
         quantized = self.quantizer.codes_from_indices(codes[..., :depth])
         return self._decode_latents(quantized).clamp_(0.0, 1.0)[:, :, : size[0], : size[1]]
@@ -438,17 +438,6 @@ def load_image_tokenizer(name_or_path: str | os.PathLike[str], device: str | tor
             f"(known: {known}) nor a checkpoint folder"
         )
     return ImageTokenizer.from_pretrained(name_or_path, map_location=device)
-
-
-@contextlib.contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    """Put `module` in eval mode for the block, then restore its previous mode."""
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)
 
 
 def _check_image_size(image_size: Any, decoded: tuple[int, int], factor: int) -> tuple[int, int]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import math
 import time
@@ -60,9 +59,11 @@ from vqkit.tokenizers.image_train_state import (
 from vqkit.training import (
     DDP_NO_BUFFER_SYNC,
     DistributedContext,
+    append_metrics,
     cosine_learning_rate,
     load_resumable_state,
     mean_over_ranks,
+    prepare_metrics_file,
     save_training_state,
     setup_distributed,
 )
@@ -179,7 +180,7 @@ class _Runner:
             metrics = self.train_step(step)
             history.append(metrics)
             if context.is_main:
-                _append_metrics(state_dir, metrics)
+                append_metrics(state_dir / METRICS_FILE, metrics)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", perplexity=f"{metrics['perplexity']:.0f}")
@@ -189,7 +190,7 @@ class _Runner:
             if context.is_main and self.eval_images and (completed % config.eval_every == 0 or is_last):
                 evaluation = self.evaluate(completed, all_depths=is_last)
                 evaluations.append(evaluation)
-                _append_metrics(state_dir, evaluation)
+                append_metrics(state_dir / METRICS_FILE, evaluation)
                 scores = ", ".join(f"{k} {v:.2f}" for k, v in evaluation.items() if k.startswith("psnr"))
                 message = f"step {completed}: held-out {scores} dB"
                 if bar is not None:
@@ -309,24 +310,7 @@ def _prepare_output(out_dir: Path, state_dir: Path, start_step: int) -> None:
     """Fail early on an unusable output folder, and drop metrics recorded after the resumed step."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out {out_dir} is a file; pass a folder for the model checkpoint")
-    state_dir.mkdir(parents=True, exist_ok=True)
-    metrics_file = state_dir / METRICS_FILE
-    if start_step == 0:
-        metrics_file.unlink(missing_ok=True)
-        return
-    if metrics_file.is_file():
-        # Steps after the checkpoint ran in the interrupted run and run again now.
-        kept_lines = [
-            line
-            for line in metrics_file.read_text().splitlines()
-            if line.strip() and int(json.loads(line)["step"]) <= start_step
-        ]
-        metrics_file.write_text("".join(line + "\n" for line in kept_lines))
-
-
-def _append_metrics(state_dir: Path, record: dict[str, float]) -> None:
-    with open(state_dir / METRICS_FILE, "a") as file:
-        file.write(json.dumps(record) + "\n")
+    prepare_metrics_file(state_dir / METRICS_FILE, start_step)
 
 
 def _psnr(reconstruction: Tensor, image: Tensor) -> float:

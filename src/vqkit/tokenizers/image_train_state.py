@@ -12,7 +12,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from vqkit.tokenizers.image_train_config import (
@@ -21,12 +20,12 @@ from vqkit.tokenizers.image_train_config import (
     config_to_json,
 )
 from vqkit.training import (
-    codebook_resume_tensors,
-    load_codebook_resume_tensors,
     load_optimizer_state,
     merge_resumed_config,
+    model_state_tensors,
     optimizer_state_tensors,
     prefixed,
+    restore_model_state,
 )
 
 logger = logging.getLogger(__name__)
@@ -41,18 +40,12 @@ RESUMABLE_CHANGES = ("steps", "eval_every", "save_every")
 
 def state_tensors(model, optimizer, discriminator, discriminator_optimizer) -> tuple[dict[str, Tensor], dict]:
     """Collect the tensors and JSON metadata of a training state; the caller adds step, config and format."""
-    tensors = {f"model.{name}": tensor for name, tensor in model.state_dict().items()}
-    optimizer_tensors, optimizer_meta = optimizer_state_tensors(optimizer, "optimizer")
-    tensors.update(optimizer_tensors)
-    metadata: dict[str, Any] = {"optimizer": optimizer_meta}
+    tensors, metadata = model_state_tensors(model, optimizer)
     if discriminator is not None:
         tensors.update({f"discriminator.{name}": t for name, t in discriminator.state_dict().items()})
         disc_tensors, disc_meta = optimizer_state_tensors(discriminator_optimizer, "discriminator_optimizer")
         tensors.update(disc_tensors)
         metadata["discriminator_optimizer"] = disc_meta
-
-    tensors["rng.torch"] = torch.get_rng_state()
-    tensors.update(codebook_resume_tensors(model))
     return tensors, metadata
 
 
@@ -61,23 +54,14 @@ def restore_state(saved, model, optimizer, discriminator, discriminator_optimize
 
     `Optimizer.load_state_dict` moves the moments to the device of the parameters.
     """
+    step = restore_model_state(saved, model, optimizer, STATE_FORMAT)
     tensors, metadata = saved
-    if metadata.get("format") != STATE_FORMAT:
-        raise ValueError(
-            f"training state has format {metadata.get('format')!r}, this vqkit reads format {STATE_FORMAT}; "
-            "start a new run"
-        )
-    model.load_state_dict(prefixed(tensors, "model"))
-    load_optimizer_state(optimizer, tensors, metadata["optimizer"], "optimizer")
     if discriminator is not None:
         discriminator.load_state_dict(prefixed(tensors, "discriminator"))
         load_optimizer_state(
             discriminator_optimizer, tensors, metadata["discriminator_optimizer"], "discriminator_optimizer"
         )
-
-    torch.set_rng_state(tensors["rng.torch"])
-    load_codebook_resume_tensors(model, tensors)
-    return int(metadata["step"])
+    return step
 
 
 def resumed_config(requested: ImageTrainConfig, metadata: dict[str, Any], state_file: Path) -> ImageTrainConfig:
