@@ -79,6 +79,12 @@ _SHIPPED_TARGETS: tuple[CommandTarget, ...] = (
         "Train a language model on TokFSM or Python's documentation, then fine-tune it with codebooks.",
     ),
     CommandTarget(
+        "train",
+        "speech-codec",
+        "vqkit.tokenizers.speech_train:main",
+        "Train the LSCodec speech codec (VAE stage, then VQ stage), the RVQ baseline or the shared vocoder.",
+    ),
+    CommandTarget(
         "eval",
         "image-tokenizer",
         "vqkit.evals.image_tokenizer:main",
@@ -89,6 +95,12 @@ _SHIPPED_TARGETS: tuple[CommandTarget, ...] = (
         "codebook-lm",
         "vqkit.evals.codebook_lm:main",
         "Evaluate the codebook-feature LMs on TokFSM and text; writes results/codebook_lm.*.",
+    ),
+    CommandTarget(
+        "eval",
+        "speech-codec",
+        "vqkit.evals.speech_codec:main",
+        "Evaluate the speech codecs (WER, STOI, PESQ, speaker probes, voice conversion, RTF); writes results/speech_codec.*.",
     ),
     CommandTarget(
         "encode",

@@ -106,6 +106,42 @@ _SHIPPED_MODELS: tuple[ModelEntry, ...] = (
             "--out checkpoints/codebook-lm-text-k8"
         ),
     ),
+    ModelEntry(
+        "speech-vocoder",
+        "vqkit.tokenizers.vocoder:ISTFTVocoder",
+        "speech-vocoder",
+        "Vocos-style iSTFT vocoder, 80-band log-mel to 16 kHz audio, shared by every speech codec",
+        train_command="vqkit train speech-codec --config vocoder --out checkpoints/speech-vocoder",
+    ),
+    ModelEntry(
+        "speech-lscodec-50hz",
+        "vqkit.tokenizers.speech:SpeechCodec",
+        "speech-lscodec-50hz",
+        "LSCodec speech codec, 50 codes/s from one 300-code codebook (450 bit/s), speaker-decoupled, prompted decoder",
+        train_command=(
+            "vqkit train speech-codec --config lscodec-50hz-vae --out runs/lscodec-50hz-vae-model && "
+            "vqkit train speech-codec --config lscodec-50hz --init-from runs/lscodec-50hz-vae-model "
+            "--out checkpoints/speech-lscodec-50hz"
+        ),
+    ),
+    ModelEntry(
+        "speech-lscodec-25hz",
+        "vqkit.tokenizers.speech:SpeechCodec",
+        "speech-lscodec-25hz",
+        "LSCodec speech codec, 25 codes/s from one 1024-code codebook (250 bit/s), speaker-decoupled, prompted decoder",
+        train_command=(
+            "vqkit train speech-codec --config lscodec-25hz-vae --out runs/lscodec-25hz-vae-model && "
+            "vqkit train speech-codec --config lscodec-25hz --init-from runs/lscodec-25hz-vae-model "
+            "--out checkpoints/speech-lscodec-25hz"
+        ),
+    ),
+    ModelEntry(
+        "speech-rvq-25hz",
+        "vqkit.tokenizers.speech:SpeechCodec",
+        "speech-rvq-25hz",
+        "EnCodec-style baseline: 2 residual 512-code codebooks at 25 frames/s (450 bit/s), no prompt, no perturbation",
+        train_command="vqkit train speech-codec --config rvq-25hz-2x512 --out checkpoints/speech-rvq-25hz",
+    ),
 )
 
 _models: dict[str, ModelEntry] = {entry.name: entry for entry in _SHIPPED_MODELS}

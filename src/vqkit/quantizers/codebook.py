@@ -106,6 +106,9 @@ class Codebook(nn.Module):
         self.generator = torch.Generator().manual_seed(seed)
         self._init_pool: list[Tensor] = []
         self._init_batches = 0
+        self.frozen = False
+        """When true, training steps count code usage but neither move codes nor restart them
+        (a warm-up after initialisation). Not saved: the training loop sets it every step."""
 
     # ---- lookup -----------------------------------------------------------------------------
 
@@ -246,7 +249,7 @@ class Codebook(nn.Module):
             ids = ids[:, None]
         counts = torch.bincount(ids.reshape(-1), minlength=self.codebook_size).float()
         all_reduce_sum(counts)
-        if not bool(self.initialized):  # the k-means fit will overwrite every code
+        if not bool(self.initialized) or self.frozen:  # the k-means fit will overwrite every code
             return counts, torch.zeros((), dtype=torch.long)
 
         if self.ema_decay is not None:
