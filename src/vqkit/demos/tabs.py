@@ -37,6 +37,7 @@ class TabEntry:
 _SHIPPED_TABS: tuple[TabEntry, ...] = (
     TabEntry("Image tokenizer", "vqkit.demos.image_tokenizer:build_tab"),
     TabEntry("Codebook features", "vqkit.demos.codebook_features:build_tab"),
+    TabEntry("Speech codec", "vqkit.demos.speech_codec:build_tab"),
 )
 
 _tabs: dict[str, TabEntry] = {entry.title: entry for entry in _SHIPPED_TABS}
