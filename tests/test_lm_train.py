@@ -17,7 +17,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from vqkit import cli, commands, registry
+from vqkit import cli, commands, registry, training
 from vqkit.models import lm_train
 from vqkit.models.causal_lm import CausalLM
 from vqkit.models.codebook_lm import CodebookLM
@@ -255,14 +255,14 @@ class Interrupted(Exception):
 
 def interrupt_at_step(monkeypatch, step: int) -> None:
     """Make the training loop stop when it records the metrics of `step`."""
-    append = lm_train.append_metrics
+    append = training.append_metrics
 
     def append_or_stop(metrics_file, record):
         if record["step"] == step:
             raise Interrupted(f"stopped at step {step}")
         append(metrics_file, record)
 
-    monkeypatch.setattr(lm_train, "append_metrics", append_or_stop)
+    monkeypatch.setattr(training, "append_metrics", append_or_stop)
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ import safetensors.torch
 import torch
 import torch.multiprocessing as mp
 
+from vqkit import training
 from vqkit.data.speech import SpeechCorpus, SpeechCorpusConfig
 from vqkit.tokenizers import speech_train
 from vqkit.tokenizers.speech import SpeechCodec
@@ -111,7 +112,7 @@ def test_interrupted_run_resumes_to_same_weights(stage_one, tmp_path, monkeypatc
     class Interrupted(Exception):
         pass
 
-    append = speech_train.append_metrics
+    append = training.append_metrics
 
     def append_or_stop(metrics_file, record):
         if record["step"] == 5:
@@ -119,7 +120,7 @@ def test_interrupted_run_resumes_to_same_weights(stage_one, tmp_path, monkeypatc
         append(metrics_file, record)
 
     with monkeypatch.context() as patch:
-        patch.setattr(speech_train, "append_metrics", append_or_stop)
+        patch.setattr(training, "append_metrics", append_or_stop)
         with pytest.raises(Interrupted):
             run("tiny-vq", tmp_path / "resumed", **config)
     run("tiny-vq", tmp_path / "resumed", resume=True, **config)

@@ -410,3 +410,30 @@ def save_run(
         logger.info("Saved step %d to %s and %s", step, state_file.parent, out_dir)
     if context.world_size > 1:
         dist.barrier()
+
+
+def finish_step(
+    completed: int,
+    config: Any,
+    context: DistributedContext,
+    metrics: dict[str, float],
+    metrics_file: Path,
+    evaluate: Callable[[], dict[str, float]],
+    save: Callable[[], None],
+    bar: Any,
+) -> None:
+    """Close training step `completed`: evaluate on rank 0 when due, record `metrics`, save when due.
+
+    `config` supplies `steps`, `eval_every` and `save_every`. The evaluation's values join
+    `metrics` and are written through the tqdm `bar`. `save` runs on every rank, since saving
+    ends with a barrier.
+    """
+    is_last = completed == config.steps
+    if context.is_main and (completed % config.eval_every == 0 or is_last):
+        evaluation = evaluate()
+        metrics.update(evaluation)
+        bar.write(f"step {completed}: " + ", ".join(f"{k} {v:.4f}" for k, v in evaluation.items()))
+    if context.is_main:
+        append_metrics(metrics_file, metrics)
+    if completed % config.save_every == 0 or is_last:
+        save()

@@ -191,7 +191,7 @@ class SpeechCodec(nn.Module, VQKitModelMixin):
 
     @vocoder.setter
     def vocoder(self, module: ISTFTVocoder) -> None:
-        # Kept out of the module tree, so the codec's state dict never holds the vocoder.
+        # Kept out of the module tree, so the codec's state dict never contains the vocoder.
         self.__dict__["_vocoder"] = module.eval()
 
     def __setattr__(self, name: str, value) -> None:
@@ -371,8 +371,12 @@ class SpeechCodec(nn.Module, VQKitModelMixin):
     def decode_mel(self, codes: Tensor, prompt_mel: Tensor | None, window: int = 400, context: int = 50) -> Tensor:
         """Long codes -> log-mel (B, n_mels, frames * downsample), decoded in windows of `window` code frames.
 
-        Each window also sees `context` frames on each side, which are decoded and dropped, so
-        window edges leave no seams. `prompt_mel` (B or 1, n_mels, P) conditions every window.
+        Each window also reads `context` frames on each side, which are decoded and dropped, so
+        every kept frame has at least that much context. `prompt_mel` (B or 1, n_mels, P)
+        conditions every window.
+
+        NOTE: windows are decoded independently, so unlike `encode` the result differs slightly
+        from decoding the whole sequence at once.
         """
         codes = self._check_codes(codes)
         if self.use_prompt and prompt_mel is None:

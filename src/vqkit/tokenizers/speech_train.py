@@ -26,6 +26,7 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -53,8 +54,8 @@ from vqkit.tokenizers.vocoder import (
     multi_resolution_stft_loss,
 )
 from vqkit.training import (
-    append_metrics,
     cosine_learning_rate,
+    finish_step,
     mean_over_ranks,
     prepare_metrics_file,
     restore_model_state,
@@ -268,17 +269,13 @@ def train(
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss']:.3f}")
 
-        completed = step + 1
-        is_last = completed == config.steps
-        if context.is_main and (completed % config.eval_every == 0 or is_last):
-            evaluation = _evaluate(model, config.stage, batches, context.device, log_mel)
-            metrics.update(evaluation)
-            bar.write(f"step {completed}: " + ", ".join(f"{k} {v:.4f}" for k, v in evaluation.items()))
-        if context.is_main:
-            append_metrics(state_dir / METRICS_FILE, metrics)
-        if completed % config.save_every == 0 or is_last:
-            metadata = {"config": config_to_json(config), "format": STATE_FORMAT}
-            save_run(completed, model, optimizer, out_dir, run.state_file, context, metadata)
+        metadata = {"config": config_to_json(config), "format": STATE_FORMAT}
+        finish_step(
+            step + 1, config, context, metrics, state_dir / METRICS_FILE,
+            evaluate=partial(_evaluate, model, config.stage, batches, context.device, log_mel),
+            save=partial(save_run, step + 1, model, optimizer, out_dir, run.state_file, context, metadata),
+            bar=bar,
+        )  # fmt: skip
     bar.close()
     if context.world_size > 1:
         dist.barrier()

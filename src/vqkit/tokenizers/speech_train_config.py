@@ -123,7 +123,7 @@ CONFIGS: dict[str, SpeechTrainConfig] = {
         SpeechTrainConfig("lscodec-25hz-vae", "vae", dict(_LSCODEC_25HZ), steps=3000),
         SpeechTrainConfig("lscodec-25hz", "vq", dict(_LSCODEC_25HZ), steps=1500, learning_rate=5e-4),
         # The baseline trains its encoder from scratch, so its codes follow the encoder from the
-        # k-means fit on; a frozen warm-up made the encoder outputs drift away from the codes.
+        # k-means fit on. With a frozen warm-up the encoder outputs drifted away from the codes.
         SpeechTrainConfig(
             "rvq-25hz-2x512", "rvq", dict(_RVQ_25HZ), steps=2000, perturb=False, codebook_warmup_steps=0
         ),
