@@ -328,3 +328,26 @@ def test_missing_local_folder_is_reported_as_such(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         TinyCodec.from_pretrained(name)
+
+
+def test_unknown_bare_name_lists_registered_models(tmp_path, monkeypatch):
+    """A bare word that is neither registered nor a folder fails at once, without asking the Hub."""
+    monkeypatch.chdir(tmp_path)
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("the Hub must not be asked for a bare name")
+
+    monkeypatch.setattr(hub, "hf_hub_download", no_download)
+    monkeypatch.setattr("huggingface_hub.hub_mixin.hf_hub_download", no_download)
+    with pytest.raises(FileNotFoundError, match="'speech-lscodec-10hz' is not a registered model name") as error:
+        TinyCodec.from_pretrained("speech-lscodec-10hz")
+    assert "speech-lscodec-50hz" in str(error.value)
+
+
+@pytest.mark.parametrize("name", ["checkpoints/no-such-model", "runs/no-such-run"])
+def test_missing_folder_under_existing_folder_is_local(name, tmp_path, monkeypatch):
+    """A path "folder/name" is local, not a Hub repo id, when "folder" exists here."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / name.split("/")[0]).mkdir()
+    with pytest.raises(FileNotFoundError, match=f"checkpoint folder {name} does not exist"):
+        TinyCodec.from_pretrained(name)

@@ -193,7 +193,17 @@ def _resolve_registered_name(cls: type, name_or_path: str | os.PathLike[str]) ->
 
     if not registry.is_registered(name_or_path):
         source = os.fspath(name_or_path)
-        if _looks_like_path(source) and not Path(source).expanduser().exists():
+        if Path(source).expanduser().exists():
+            return source
+        if "/" not in source and os.sep not in source:
+            # A bare word is neither a folder here nor an "owner/name" Hub repo id, so asking the
+            # Hub would only wait on the network before failing.
+            raise FileNotFoundError(
+                f"{source!r} is not a registered model name and no folder of that name exists. "
+                f"Registered names: {', '.join(registry.list_models())}. Pass one of them, a folder written "
+                "by save_pretrained, or a Hub repo id such as 'owner/name'."
+            )
+        if _looks_like_path(source):
             raise FileNotFoundError(
                 f"checkpoint folder {source} does not exist; pass an existing folder written by save_pretrained, "
                 "a registered model name (`vqkit list`) or a Hub repo id such as 'owner/name'"
@@ -211,8 +221,15 @@ def _resolve_registered_name(cls: type, name_or_path: str | os.PathLike[str]) ->
 
 
 def _looks_like_path(source: str) -> bool:
-    """True for strings that cannot be a Hub repo id ("name" or "owner/name"): absolute or relative paths."""
-    return source.startswith(("/", ".", "~")) or source.count("/") > 1 or os.sep != "/" and os.sep in source
+    """True for strings that are meant as paths rather than a Hub repo id ("owner/name").
+
+    That is absolute and explicitly relative paths, more than one "/", and "folder/name" where
+    "folder" exists here, such as "checkpoints/name" or "runs/name".
+    """
+    if source.startswith(("/", ".", "~")) or source.count("/") > 1 or os.sep != "/" and os.sep in source:
+        return True
+    first = source.split("/", 1)[0]
+    return bool(first) and Path(first).is_dir()
 
 
 def _validate_device(device: str | torch.device) -> str:
