@@ -156,6 +156,38 @@ def test_overlong_recording_rejected_before_conversion():
         view.audio_to_waveform((48000, samples))
 
 
+def test_audio_file_read_as_mono_float(tmp_path):
+    stereo = np.stack([np.full(4410, 0.5, np.float32), np.zeros(4410, np.float32)], axis=1)
+    sf.write(tmp_path / "clip.flac", stereo, 44100)
+
+    waveform, sample_rate = view.read_audio_file(tmp_path / "clip.flac")
+
+    assert sample_rate == 44100
+    assert waveform.dtype == torch.float32
+    assert waveform.shape == (4410,)
+    torch.testing.assert_close(waveform, torch.full((4410,), 0.25), atol=1e-4, rtol=0)
+
+
+def test_unreadable_file_rejected(tmp_path):
+    (tmp_path / "notes.wav").write_text("not audio")
+
+    with pytest.raises(ValueError, match=r"Could not read 'notes.wav' as audio .*Upload a WAV, FLAC, OGG or MP3"):
+        view.read_audio_file(tmp_path / "notes.wav")
+    with pytest.raises(ValueError, match="No audio"):
+        view.read_audio_file(None)
+
+
+def test_overlong_file_rejected_from_its_header(tmp_path, monkeypatch):
+    sf.write(tmp_path / "long.wav", np.zeros(601 * 1000, np.int16), 1000)
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("the samples of an overlong file must not be read")
+
+    monkeypatch.setattr(sf, "read", no_read)
+    with pytest.raises(ValueError, match=r"10 min 1\.0 s \(601\.0 s\) long, over the limit of 10 min"):
+        view.read_audio_file(tmp_path / "long.wav")
+
+
 def test_gradio_audio_round_trips_int16():
     samples = np.array([-32768, -1, 0, 1, 32767] * 1000, dtype=np.int16)
 
@@ -378,17 +410,19 @@ def test_build_tab_without_prompts(monkeypatch, tmp_path):
     assert any("**No shipped voices**, so only reconstruction works" in text for text in texts)
 
 
-def test_tab_serves_stereo_upload(tiny_models, tmp_path, loopback_only, serve):
+@pytest.mark.parametrize("file_name", ["stereo.wav", "stereo.flac", "stereo.ogg", "stereo.mp3"])
+def test_tab_serves_stereo_upload(tiny_models, tmp_path, loopback_only, serve, file_name):
+    """Uploads of each common format are decoded by soundfile in the tab; gradio converts nothing."""
     from gradio_client import Client, handle_file
 
     stereo = np.stack([speech_like(1.0, 48000), np.zeros(48000, np.float32)], axis=1)
-    sf.write(tmp_path / "stereo.wav", stereo, 48000, subtype="PCM_16")
+    sf.write(tmp_path / file_name, stereo, 48000)
     with gradio.Blocks() as app:
         tab.build_tab()
     client = Client(serve(app), verbose=False)
 
     decoded, summary, image = client.predict(
-        tab.DEFAULT_MODEL, handle_file(str(tmp_path / "stereo.wav")), "flite-rms", api_name="/speech_encode_decode"
+        tab.DEFAULT_MODEL, handle_file(str(tmp_path / file_name)), "flite-rms", api_name="/speech_encode_decode"
     )
 
     audio, sample_rate = sf.read(decoded, dtype="int16")

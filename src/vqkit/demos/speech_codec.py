@@ -11,6 +11,8 @@ checkpoints exist. A request for a missing checkpoint raises an error that gives
 command. Recordings longer than `MAX_SECONDS` are rejected.
 
 Its events are API endpoints for gradio_client: "/speech_load_example" and "/speech_encode_decode".
+The input audio reaches the tab as a file path and is read with soundfile, so FLAC, OGG and
+MP3 uploads work without ffmpeg.
 
 Input conversion, the duration limit, the prompt voice choices, the summary and the code plot
 are in `vqkit.demos.speech_codec_view`, which does not import gradio.
@@ -40,6 +42,7 @@ from vqkit.demos.speech_codec_view import (
     format_duration,
     plot_codes,
     prompt_choices,
+    read_audio_file,
     resolve_prompt,
     summarize,
     to_gradio_audio,
@@ -154,14 +157,17 @@ def run_codec(
 
 
 def encode_decode(
-    store: CodecStore, prompts: VoicePrompts, model_name: str, audio: GradioAudio | None, voice: str | None
+    store: CodecStore, prompts: VoicePrompts, model_name: str, audio: str | GradioAudio | None, voice: str | None
 ) -> tuple[GradioAudio, str, np.ndarray]:
-    """Run the codec on gradio audio and return the decoded audio, the Markdown summary and the code plot.
+    """Run the codec on a sound file path or gradio numpy audio; return the decoded audio, the summary and the plot.
 
     Raises gr.Error for invalid input, a model that cannot load and a codec failure.
     """
     try:
-        waveform, sample_rate = audio_to_waveform(audio)
+        if isinstance(audio, tuple):
+            waveform, sample_rate = audio_to_waveform(audio)
+        else:
+            waveform, sample_rate = read_audio_file(audio)
         prompt = resolve_prompt(voice, prompts)
     except ValueError as error:
         raise gr.Error(str(error)) from None
@@ -217,7 +223,7 @@ def build_tab() -> None:
                 value=None,
                 label="Example input (a shipped voice clip)",
             )
-            audio = gr.Audio(sources=["upload", "microphone"], type="numpy", label="Input speech")
+            audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Input speech")
             voice = gr.Dropdown(choices=prompt_choices(prompts), value=SAME_AS_INPUT, label="Prompt voice")
             button = gr.Button("Encode and decode", variant="primary")
         with gr.Column():
@@ -229,7 +235,7 @@ def build_tab() -> None:
     def load_example_clip(speaker_id: str | None) -> GradioAudio | None:
         return load_example(speaker_id, prompts)
 
-    def encode_decode_audio(model_name: str, recording: GradioAudio | None, voice_id: str | None):
+    def encode_decode_audio(model_name: str, recording: str | None, voice_id: str | None):
         return encode_decode(store, prompts, model_name, recording, voice_id)
 
     example.change(load_example_clip, inputs=example, outputs=audio, api_name="speech_load_example")

@@ -1,13 +1,16 @@
 """Gradio-free parts of the demo's "Speech codec" tab (`vqkit.demos.speech_codec`).
 
-They convert between gradio's numpy audio and waveforms, check the recording's length, build
-the prompt voice choices, and render a codec's output as a Markdown summary and a code plot.
+They read uploaded sound files and gradio's numpy audio into waveforms, check the recording's
+length, build the prompt voice choices, and render a codec's output as a Markdown summary and
+a code plot.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -94,6 +97,31 @@ def audio_to_waveform(audio: GradioAudio | None) -> tuple[Tensor, int]:
     if not np.isfinite(waveform).all():
         raise ValueError("The recording contains NaN or infinite samples. Replace them or use another recording.")
     return torch.from_numpy(np.ascontiguousarray(waveform)), sample_rate
+
+
+def read_audio_file(path: str | os.PathLike[str] | None) -> tuple[Tensor, int]:
+    """Read a sound file (WAV, FLAC, OGG, MP3, ...) into a float32 (samples,) mono waveform and its rate in Hz.
+
+    soundfile decodes it, so no ffmpeg is needed. The length is checked from the file's header
+    before any sample is read. Channels are averaged and the sample rate is kept, because the
+    codec resamples. Raises ValueError for a missing or unreadable file, a length outside
+    [`MIN_SECONDS`, `MAX_SECONDS`] and NaN or infinite samples.
+    """
+    import soundfile
+
+    if path is None:
+        raise ValueError("No audio: upload or record a clip, or pick an example.")
+    name = Path(path).name
+    try:
+        info = soundfile.info(os.fspath(path))
+        check_duration(int(info.frames), int(info.samplerate))
+        samples, sample_rate = soundfile.read(os.fspath(path), dtype="float32", always_2d=True)  # (n, channels)
+    except soundfile.LibsndfileError as error:
+        raise ValueError(f"Could not read {name!r} as audio ({error}). Upload a WAV, FLAC, OGG or MP3 file.") from None
+    waveform = samples.mean(axis=1)
+    if not np.isfinite(waveform).all():
+        raise ValueError("The recording contains NaN or infinite samples. Replace them or use another recording.")
+    return torch.from_numpy(np.ascontiguousarray(waveform)), int(sample_rate)
 
 
 def to_gradio_audio(waveform: Tensor, sample_rate: int) -> GradioAudio:
