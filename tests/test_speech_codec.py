@@ -10,7 +10,13 @@ import soundfile as sf
 import torch
 
 from vqkit.tokenizers.speech import SpeechCodec
-from vqkit.tokenizers.speech_audio import AudioBlocks, prepare_waveform
+from vqkit.tokenizers.speech_audio import (
+    AudioBlocks,
+    active_level_db,
+    frame_power,
+    level_gain,
+    prepare_waveform,
+)
 from vqkit.tokenizers.vocoder import ISTFTVocoder
 
 TINY = {
@@ -28,6 +34,18 @@ def tiny_codec(**overrides) -> SpeechCodec:
     torch.manual_seed(0)
     codec = SpeechCodec(**{**TINY, **overrides}).eval()
     codec.vocoder = ISTFTVocoder(channels=8, num_blocks=1)
+    return codec
+
+
+def spread_codes(codec: SpeechCodec, wave: torch.Tensor) -> SpeechCodec:
+    """Set the codebook to encoder means of `wave` at 1/4 and 4x its level, so that codes vary with the input."""
+    frames = []
+    for gain in (0.25, 4.0):
+        mean, _ = codec.encode_mel(codec.mel_frames(gain * wave[None, : wave.shape[-1] // 640 * 640]))
+        frames.append(mean[0].T)
+    frames = torch.cat(frames)
+    picks = torch.randperm(frames.shape[0], generator=torch.Generator().manual_seed(0))[: codec.codebook_size]
+    codec.quantizer.codebook.set_codes(frames[picks].detach())
     return codec
 
 
@@ -182,6 +200,61 @@ def test_bad_codes_and_prompts_are_rejected():
         codec.decode(codes, prompt=prompt[:800], prompt_sample_rate=16_000)
     with pytest.raises(ValueError, match="prompt batch"):
         codec.decode(torch.cat([codes] * 3), prompt=torch.stack([prompt, prompt]), prompt_sample_rate=16_000)
+    with pytest.raises(ValueError, match="prompt_sample_rate must be a positive integer"):
+        codec.decode(codes, prompt=prompt, prompt_sample_rate=16_000.0)
+
+
+def test_path_and_block_size_errors_point_to_the_fix(tmp_path):
+    codec = tiny_codec()
+    with pytest.raises(TypeError, match=r"waveform is a path \('clip.wav'\).*codec.encode_file\(path\)"):
+        codec.encode("clip.wav", 16_000)
+    sf.write(tmp_path / "clip.wav", speech_like(0.5).numpy(), 16_000)
+    with pytest.raises(ValueError, match="block_seconds must be a positive whole number of seconds, got 0"):
+        codec.encode_file(tmp_path / "clip.wav", block_seconds=0)
+
+
+# ---- input level --------------------------------------------------------------------------------
+
+
+def test_level_measure_follows_gain_and_ignores_pauses():
+    speech = speech_like(1.0)
+    with_pause = torch.cat([speech, torch.zeros(16_000)])[None]
+    level = active_level_db(frame_power(speech[None]))
+
+    torch.testing.assert_close(active_level_db(frame_power(with_pause)), level)
+    torch.testing.assert_close(active_level_db(frame_power(0.1 * speech[None])), level - 20.0)
+    assert active_level_db(frame_power(torch.zeros(1, 3200)))[0] == float("-inf")
+
+
+def test_level_gain_is_bounded_and_leaves_silence():
+    gains = level_gain(torch.tensor([-30.0, -100.0, float("-inf"), 30.0]), target_db=-20.0)
+
+    torch.testing.assert_close(gains[:, 0], torch.tensor([10.0**0.5, 100.0, 1.0, 0.01]))
+
+
+@pytest.mark.parametrize("block_seconds", [1, 30])
+def test_codes_do_not_depend_on_gain_with_input_level(tmp_path, block_seconds):
+    """With `input_level_db`, quieter and louder copies of a clip give its codes, from tensors and files."""
+    wave = speech_like(2.5) + 0.05 * torch.randn(40_000, generator=torch.Generator().manual_seed(1))
+    plain, codec = spread_codes(tiny_codec(), wave), spread_codes(tiny_codec(input_level_db=-20.0), wave)
+    reference = codec.encode(wave, 16_000, block_seconds=block_seconds)
+    assert reference.unique().numel() > 3
+
+    for gain in (0.05, 0.5, 2.0):
+        assert torch.equal(codec.encode(gain * wave, 16_000, block_seconds=block_seconds), reference), gain
+    sf.write(tmp_path / "quiet.wav", (0.1 * wave).numpy(), 16_000, subtype="FLOAT")
+    assert torch.equal(codec.encode_file(tmp_path / "quiet.wav", block_seconds=block_seconds), reference)
+    assert not torch.equal(plain.encode(0.05 * wave, 16_000), plain.encode(wave, 16_000))
+
+
+def test_prompt_is_scaled_to_input_level():
+    codec = tiny_codec(input_level_db=-20.0)
+    prompt = speech_like(1.0)
+    # Log-mel values lie in about [-12, 5]; float32 rounding of the rescaled audio stays far below 1e-3.
+    quiet, normal = codec.prompt_mel(0.1 * prompt, 16_000), codec.prompt_mel(prompt, 16_000)
+    torch.testing.assert_close(quiet, normal, atol=1e-3, rtol=0)
+    plain = tiny_codec()
+    assert (plain.prompt_mel(0.1 * prompt, 16_000) - plain.prompt_mel(prompt, 16_000)).abs().max() > 1.0
 
 
 def test_windowed_vocoding_matches_one_pass():

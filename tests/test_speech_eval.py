@@ -92,6 +92,22 @@ def test_speaker_embedding_needs_fit():
         SpeakerEmbedding()(torch.zeros(16_000))
 
 
+def test_conversions_bounded_by_held_out_sentences(tiny_corpus, caplog):
+    """Asking for more conversions than a speaker has sentences uses them all instead of failing."""
+    corpus, _ = tiny_corpus
+    train = corpus.utterances("train")
+    embedding = SpeakerEmbedding(dims=1).fit([u.load() for u in train], [u.speaker for u in train])
+    groups = speech_codec._by_speaker(corpus.utterances("test_seen"))
+    fewest = min(len(items) for items in groups.values())
+
+    results = speech_codec.conversion_similarity(
+        [speech_codec.System("unprocessed")], groups, embedding, per_speaker=fewest + 5, progress=False
+    )
+    assert results["unprocessed"]["pairs"] == len(groups) * fewest
+    assert -1.0 <= results["unprocessed"]["to_target"] <= 1.0
+    assert f"has {fewest} held-out sentences" in caplog.text
+
+
 @pytest.mark.slow
 def test_harness_writes_report(tiny_corpus, tmp_path, monkeypatch):
     """The whole evaluation on tiny untrained models: every section is present and well formed."""

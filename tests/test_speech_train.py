@@ -77,6 +77,17 @@ def test_vae_stage_fits_token_targets_and_learns(stage_one):
     assert all(m["held_out_mel_l1"] > 0 for m in metrics if "held_out_mel_l1" in m)
 
 
+def test_codec_stores_the_training_level(stage_one, speech_cache):
+    """The saved config holds the median speech level of the training split, which inference scales input to."""
+    corpus = SpeechCorpus.build(SpeechCorpusConfig.tiny(), cache_dir=speech_cache, progress=False)
+    level = speech_train.training_level_db(corpus, progress=False)
+    config = json.loads((stage_one / "config.json").read_text())
+
+    assert -40.0 < level < -5.0
+    assert config["input_level_db"] == level
+    assert SpeechCodec.from_pretrained(stage_one).input_level_db == level
+
+
 def test_vq_stage_starts_from_stage_one(stage_one, tmp_path):
     model = run("tiny-vq", tmp_path, init_from=str(stage_one), steps=8)
     before = SpeechCodec.from_pretrained(stage_one)
@@ -175,6 +186,16 @@ def test_cli_rejects_mismatched_init_from(tmp_path, capsys):
         ])  # fmt: skip
     assert exit_info.value.code == 2
     assert "does not match" in capsys.readouterr().err
+
+
+def test_cli_rejects_missing_init_from_folder(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        speech_train.main([
+            "--config", "tiny-vq", "--init-from", str(tmp_path / "no-such-run"), "--out", str(tmp_path / "m"),
+            "--state-dir", str(tmp_path / "s"), "--no-progress",
+        ])  # fmt: skip
+    assert exit_info.value.code == 2
+    assert f"--init-from {tmp_path / 'no-such-run'} is not a folder" in capsys.readouterr().err
 
 
 def test_named_configs_validate():

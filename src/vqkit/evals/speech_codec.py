@@ -218,12 +218,20 @@ def conversion_similarity(
     "unprocessed" gives the similarities of the unconverted source, the floor of the target score.
     """
     speakers = sorted(groups)
+    available = min(len(items) for items in groups.values())
+    if per_speaker > available:
+        logger.warning(
+            "%d conversions per speaker requested, but a speaker of this split has %d held-out sentences; using %d",
+            per_speaker, available, available,
+        )  # fmt: skip
+        per_speaker = available
+    pairs = [(s, speakers[(i + 1) % len(speakers)], k) for i, s in enumerate(speakers) for k in range(per_speaker)]
+
     results = {}
     for system in systems:
         if system.kind == "mel" or (system.codec is not None and not system.codec.use_prompt):
             continue
         to_target, to_source = [], []
-        pairs = [(s, speakers[(i + 1) % len(speakers)], k) for i, s in enumerate(speakers) for k in range(per_speaker)]
         for source, target, k in tqdm(pairs, desc=f"convert {system.name}", disable=not progress):
             source_items, target_items = groups[source], groups[target]
             waveform = source_items[k].load()

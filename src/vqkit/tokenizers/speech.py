@@ -18,6 +18,7 @@ residual codes of the plain input, trained end to end, no perturbation and no pr
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -30,7 +31,16 @@ from torch import Tensor, nn
 from vqkit._modules import eval_mode
 from vqkit.hub import VQKitModelMixin
 from vqkit.quantizers import ResidualVQ, VectorQuantizer
-from vqkit.tokenizers.speech_audio import AudioBlocks, Block, frame_windows, prepare_waveform, tensor_blocks
+from vqkit.tokenizers.speech_audio import (
+    AudioBlocks,
+    Block,
+    active_level_db,
+    frame_power,
+    frame_windows,
+    level_gain,
+    prepare_waveform,
+    tensor_blocks,
+)
 from vqkit.tokenizers.speech_features import SAMPLE_RATE, LogMel, MFCCFrames
 from vqkit.tokenizers.speech_modules import MelEncoder, PromptDecoder
 from vqkit.tokenizers.vocoder import ISTFTVocoder
@@ -76,6 +86,10 @@ class SpeechCodec(nn.Module, VQKitModelMixin):
         vocoder: registered name or folder of the `ISTFTVocoder` that `decode` uses.
         n_mels: mel bands.
         seed: seed of the codebook's k-means and restarts.
+        input_level_db: active speech level in dB re full scale that `encode` and the voice prompt
+            are scaled to (see `speech_audio.active_level_db`), or None to pass the input as it is.
+            Training measures it on the training split, whose utterances lie close to one level, so
+            the codes of quieter or louder input match those of the same speech at that level.
     """
 
     sample_rate = SAMPLE_RATE
@@ -101,6 +115,7 @@ class SpeechCodec(nn.Module, VQKitModelMixin):
         vocoder: str = "speech-vocoder",
         n_mels: int = 80,
         seed: int = 0,
+        input_level_db: float | None = None,
     ):
         super().__init__()
         downsample = SAMPLE_RATE // MEL_HOP // frame_rate
@@ -116,6 +131,7 @@ class SpeechCodec(nn.Module, VQKitModelMixin):
         self.use_prompt, self.mfcc_clusters = use_prompt, mfcc_clusters
         self.kl_weight, self.token_weight = kl_weight, token_weight
         self.vocoder_name = vocoder
+        self.input_level_db = input_level_db
 
         # The feature extractors have no weights. Keeping them out of the module tree keeps
         # their filter banks out of the checkpoint.
@@ -314,8 +330,17 @@ class SpeechCodec(nn.Module, VQKitModelMixin):
         skip = (core_first - first) // self.downsample
         return self._indices(mean[..., skip : skip + core_frames // self.downsample])
 
-    def _encode_blocks(self, blocks: Iterable[Block], total_samples: int) -> Tensor:
+    def _encode_blocks(self, blocks: Iterable[Block], total_samples: int, gain: Tensor | None = None) -> Tensor:
+        """Codes of all blocks, each scaled by `gain` (B, 1) when given."""
+        if gain is not None:
+            blocks = (dataclasses.replace(block, samples=block.samples * gain) for block in blocks)
         return torch.cat([self._encode_block(block, total_samples) for block in blocks], dim=1)
+
+    def level_gain(self, power: Tensor) -> Tensor | None:
+        """Frame powers (B, frames) of 16 kHz input -> gains (B, 1) to `input_level_db`, or None when it is unset."""
+        if self.input_level_db is None:
+            return None
+        return level_gain(active_level_db(power), self.input_level_db)
 
     @torch.no_grad()
     def encode(self, waveform: Tensor, sample_rate: int, block_seconds: int = 30) -> Tensor:
@@ -323,18 +348,29 @@ class SpeechCodec(nn.Module, VQKitModelMixin):
 
         Returns (B, ceil(samples_16k / samples_per_frame)), or (B, frames, Q) for residual codes.
         The audio is downmixed and resampled to 16 kHz; input over `block_seconds` is encoded in
-        blocks with one second of context on each side, which gives the same codes as one pass.
+        blocks with one second of context on each side, which gives the codes of one pass up to
+        float rounding at near-ties. With `input_level_db` set, each item is first scaled to that
+        speech level, so its codes do not depend on the recording's gain (within +-40 dB).
         """
         waveform = prepare_waveform(waveform, sample_rate).to(self.device)
+        gain = self.level_gain(frame_power(waveform))
         with eval_mode(self):
-            return self._encode_blocks(tensor_blocks(waveform, block_seconds), waveform.shape[-1])
+            return self._encode_blocks(tensor_blocks(waveform, block_seconds), waveform.shape[-1], gain)
 
     @torch.no_grad()
     def encode_file(self, path: str | os.PathLike[str], block_seconds: int = 30) -> Tensor:
-        """Encode a sound file of any length, reading it in blocks; returns long codes (1, frames)."""
+        """Encode a sound file of any length, reading it in blocks; returns long codes (1, frames).
+
+        With `input_level_db` set, a first pass over the blocks measures the file's level.
+        """
         blocks = AudioBlocks(path, block_seconds=block_seconds)
+        gain = None
+        if self.input_level_db is not None:
+            cores = (block.samples[..., block.left : block.left + block.stop - block.start] for block in blocks)
+            power = torch.cat([frame_power(core) for core in cores], dim=-1)  # (1, frames of 20 ms)
+            gain = self.level_gain(power).to(self.device)
         with eval_mode(self):
-            return self._encode_blocks(blocks, blocks.num_samples)
+            return self._encode_blocks(blocks, blocks.num_samples, gain)
 
     # ---- decode -------------------------------------------------------------------------------
 
@@ -359,13 +395,15 @@ class SpeechCodec(nn.Module, VQKitModelMixin):
 
     def prompt_mel(self, prompt: Tensor, sample_rate: int, max_seconds: float = 4.0) -> Tensor:
         """Log-mel (B, n_mels, P) of the first `max_seconds` of a prompt waveform, P a multiple of `downsample`."""
-        prompt = prepare_waveform(prompt, sample_rate, name="prompt").to(self.device)
+        prompt = prepare_waveform(prompt, sample_rate, name="prompt", rate_name="prompt_sample_rate").to(self.device)
         length = (
             min(prompt.shape[-1], round(max_seconds * SAMPLE_RATE)) // self.samples_per_frame * self.samples_per_frame
         )
         if length == 0:
             raise ValueError(f"the prompt must hold at least {self.samples_per_frame / SAMPLE_RATE:.2f} s of audio")
-        return self.mel_frames(prompt[..., :length])
+        prompt = prompt[..., :length]
+        gain = self.level_gain(frame_power(prompt))
+        return self.mel_frames(prompt if gain is None else prompt * gain)
 
     @torch.no_grad()
     def decode_mel(self, codes: Tensor, prompt_mel: Tensor | None, window: int = 400, context: int = 50) -> Tensor:

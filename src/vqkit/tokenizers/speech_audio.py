@@ -4,7 +4,8 @@ files block by block.
 `prepare_waveform` turns what a user passes (a tensor or array at any rate, mono or
 multi-channel) into float32 (B, samples) at 16 kHz, or raises a ValueError that names the
 problem and the fix. `AudioBlocks` reads a file in fixed blocks with a margin on each side, so a
-long recording never sits in memory whole.
+long recording never sits in memory whole. `frame_power`, `active_level_db` and `level_gain`
+measure the speech level of a recording and the gain that brings it to a target level.
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ logger = logging.getLogger(__name__)
 
 MIN_SECONDS = 0.1
 """Shortest input the codec accepts; shorter clips contain too little speech for a code frame."""
+LEVEL_FRAME = 320
+"""Samples per frame of the level measurement: 20 ms at 16 kHz."""
+LEVEL_GATE_DB = 40.0
+"""Frames more than this many dB below the loudest frame are pauses and do not count to the level."""
+MAX_GAIN_DB = 40.0
+"""Largest gain or attenuation that `level_gain` applies, so near-silent input is not raised to full level."""
 
 
 def check_sample_rate(sample_rate: object, name: str = "sample_rate") -> int:
@@ -36,14 +43,22 @@ def check_sample_rate(sample_rate: object, name: str = "sample_rate") -> int:
     return int(sample_rate)
 
 
-def prepare_waveform(waveform: Tensor | np.ndarray, sample_rate: int, name: str = "waveform") -> Tensor:
+def prepare_waveform(
+    waveform: Tensor | np.ndarray, sample_rate: int, name: str = "waveform", rate_name: str = "sample_rate"
+) -> Tensor:
     """Return float32 (B, samples) mono audio at 16 kHz on the input's device.
 
     Accepts (samples,), (B, samples) or (B, channels, samples); channels are averaged. Any
     positive sample rate is resampled with torchaudio. Raises ValueError for empty or too short
-    audio, NaN or infinite samples, integer sample types out of range and other shapes.
+    audio, NaN or infinite samples, integer sample types and other shapes, and TypeError for a
+    file path. `name` and `rate_name` are the argument names that error messages use.
     """
-    sample_rate = check_sample_rate(sample_rate)
+    if isinstance(waveform, (str, os.PathLike)):
+        raise TypeError(
+            f"{name} is a path ({os.fspath(waveform)!r}); pass a waveform tensor, or encode a file with "
+            "codec.encode_file(path)"
+        )
+    sample_rate = check_sample_rate(sample_rate, rate_name)
     if isinstance(waveform, np.ndarray):
         waveform = torch.from_numpy(np.ascontiguousarray(waveform))
     if not isinstance(waveform, Tensor):
@@ -113,6 +128,8 @@ class AudioBlocks:
             raise ValueError(
                 f"{self.path} is {self.source_frames / self.sample_rate:.3f} s long; the codec needs at least {MIN_SECONDS} s"
             )
+        if isinstance(block_seconds, bool) or not isinstance(block_seconds, int) or block_seconds < 1:
+            raise ValueError(f"block_seconds must be a positive whole number of seconds, got {block_seconds!r}")
         self.block_seconds, self.margin_seconds = block_seconds, margin_seconds
         self.num_samples = math.ceil(self.source_frames * SAMPLE_RATE / self.sample_rate)
         """Length of the file at 16 kHz."""
@@ -155,3 +172,36 @@ def frame_windows(length: int, window: int, context: int) -> Iterator[tuple[int,
     for start in range(0, length, window):
         stop = min(length, start + window)
         yield start, stop, max(0, start - context), min(length, stop + context)
+
+
+# ---- level ------------------------------------------------------------------------------------
+
+
+def frame_power(waveform: Tensor) -> Tensor:
+    """Float (B, samples) 16 kHz audio -> mean square (B, samples // 320) of whole 20 ms frames."""
+    frames = waveform.shape[-1] // LEVEL_FRAME
+    return waveform[..., : frames * LEVEL_FRAME].reshape(*waveform.shape[:-1], frames, LEVEL_FRAME).pow(2).mean(-1)
+
+
+def active_level_db(power: Tensor) -> Tensor:
+    """Frame powers (B, frames) -> active speech level (B,) in dB relative to full scale.
+
+    The level is the mean power of the frames within `LEVEL_GATE_DB` of the loudest frame, so
+    pauses do not lower it. Scaling the audio by g adds exactly 20 log10 g dB. All-zero audio
+    gives -inf.
+    """
+    gate = power.amax(dim=-1, keepdim=True) * 10.0 ** (-LEVEL_GATE_DB / 10.0)
+    active = power >= gate
+    mean_power = (power * active).sum(-1) / active.sum(-1).clamp(min=1)
+    return 10.0 * mean_power.log10()
+
+
+def level_gain(level_db: Tensor, target_db: float) -> Tensor:
+    """Levels (B,) in dB -> linear gains (B, 1) that bring each to `target_db`, within +-`MAX_GAIN_DB`.
+
+    Silent items (level -inf) get gain 1.
+    """
+    gain_db = (target_db - level_db).clamp(-MAX_GAIN_DB, MAX_GAIN_DB)
+    gain_db = torch.where(torch.isfinite(level_db), gain_db, torch.zeros_like(gain_db))
+    return (10.0 ** (gain_db / 20.0))[:, None]
+

@@ -2,7 +2,8 @@
 transformer decoder.
 
 The encoder has a bounded receptive field (`MelEncoder.context_frames`), so a long input can be
-encoded in chunks with that much context on each side and give the same codes as one pass.
+encoded in chunks with that much context on each side and give the codes of one pass, up to
+float rounding where two codes are nearly tied.
 The decoder reads the frames of a voice prompt followed by the content frames and returns
 features for the content frames only. Positions come from a depthwise convolution, so it has
 no fixed maximum length.

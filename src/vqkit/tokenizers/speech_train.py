@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import logging
 import math
+import statistics
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -40,6 +41,7 @@ from vqkit.data.speech import SpeechCorpus, SpeechCorpusConfig, SpeechCrops
 from vqkit.quantizers.codebook import Codebook
 from vqkit.quantizers.kmeans import kmeans
 from vqkit.tokenizers.speech import N_MFCC, SpeechCodec
+from vqkit.tokenizers.speech_audio import active_level_db, frame_power
 from vqkit.tokenizers.speech_features import LogMel, perturb_speaker
 from vqkit.tokenizers.speech_train_config import (
     CONFIGS,
@@ -72,17 +74,43 @@ STATE_FORMAT = 1
 EVAL_CROPS = 16
 
 
-def load_corpus(name: str) -> SpeechCorpus:
+def load_corpus(name: str, progress: bool = True) -> SpeechCorpus:
     """Build (first time) or open the corpus that a configuration names."""
     config = SpeechCorpusConfig.tiny() if name == "tiny" else SpeechCorpusConfig()
-    return SpeechCorpus.build(config)
+    return SpeechCorpus.build(config, progress=progress)
 
 
-def build_model(config: SpeechTrainConfig) -> nn.Module:
-    """Return the model of a stage: an `ISTFTVocoder`, or a `SpeechCodec` (from `init_from` for "vq")."""
+def training_level_db(corpus: SpeechCorpus, progress: bool = True) -> float:
+    """Return the median active speech level of the training split's utterances, in dB re full scale, to 0.1 dB.
+
+    It becomes the codec's `input_level_db`: the level that inference scales its input to.
+    """
+    from tqdm.auto import tqdm
+
+    utterances = corpus.utterances("train")
+    levels = [
+        float(active_level_db(frame_power(item.load()[None]))[0])
+        for item in tqdm(utterances, desc="speech level", unit="file", disable=not progress)
+    ]
+    return round(statistics.median(levels), 1)
+
+
+def check_init_from(config: SpeechTrainConfig) -> None:
+    """Raise FileNotFoundError when a 'vq' stage's `init_from` is not a folder."""
+    if config.stage == "vq" and not Path(config.init_from).expanduser().is_dir():
+        raise FileNotFoundError(
+            f"--init-from {config.init_from} is not a folder; pass the folder that the stage-1 ('vae') run wrote with --out"
+        )
+
+
+def build_model(config: SpeechTrainConfig, input_level_db: float | None = None) -> nn.Module:
+    """Return the model of a stage: an `ISTFTVocoder`, or a `SpeechCodec` (from `init_from` for "vq").
+
+    `input_level_db` is the codec's inference input level (`training_level_db`).
+    """
     if config.stage == "vocoder":
         return ISTFTVocoder(**config.model)
-    model = SpeechCodec(**{**config.model, "seed": config.seed})
+    model = SpeechCodec(**{**config.model, "seed": config.seed, "input_level_db": input_level_db})
     if config.stage == "vq":
         stage_one = SpeechCodec.from_pretrained(config.init_from)
         weights = {k: v for k, v in stage_one.state_dict().items() if not k.startswith("quantizer.")}
@@ -207,6 +235,7 @@ def train(
     Returns the trained model. Joins the torchrun process group when the environment has one.
     """
     config.validate()
+    check_init_from(config)
     out_dir, state_dir = Path(out_dir), Path(state_dir)
     run = start_run(
         config, out_dir, state_dir, STATE_FILE, resume=resume, device=device, resumable=RESUMABLE_CHANGES,
@@ -215,9 +244,10 @@ def train(
     config, context, saved = run.config, run.context, run.saved
 
     torch.manual_seed(config.seed)
-    model = build_model(config).to(context.device)
+    corpus = load_corpus(config.corpus, progress=progress and context.is_main)
+    level = None if config.stage == "vocoder" else training_level_db(corpus, progress and context.is_main)
+    model = build_model(config, level).to(context.device)
     model.train()
-    corpus = load_corpus(config.corpus)
     samples_per_frame = 160 if config.stage == "vocoder" else model.samples_per_frame
     batches = _Batches(config, corpus, samples_per_frame)
     if config.stage == "vae" and saved is None:
