@@ -11,7 +11,7 @@ import httpx
 import pytest
 import safetensors.torch
 import torch
-from huggingface_hub.errors import RemoteEntryNotFoundError
+from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
 from torch import nn
 
 import vqkit
@@ -344,10 +344,31 @@ def test_unknown_bare_name_lists_registered_models(tmp_path, monkeypatch):
     assert "speech-lscodec-50hz" in str(error.value)
 
 
-@pytest.mark.parametrize("name", ["checkpoints/no-such-model", "runs/no-such-run"])
+@pytest.mark.parametrize("name", ["models/no-such-model", "checkpoints/no-such-model", "runs/no-such-run"])
 def test_missing_folder_under_existing_folder_is_local(name, tmp_path, monkeypatch):
     """A path "folder/name" is local, not a Hub repo id, when "folder" exists here."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / name.split("/")[0]).mkdir()
     with pytest.raises(FileNotFoundError, match=f"checkpoint folder {name} does not exist"):
         TinyCodec.from_pretrained(name)
+
+
+@pytest.mark.parametrize("name", ["checkpoints/no-such-model", "runs/no-such-run"])
+def test_vqkit_output_folders_are_local_anywhere(name, tmp_path, monkeypatch):
+    """Names under checkpoints/ and runs/ never go to the Hub, even where those folders are absent."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=f"checkpoint folder {name} does not exist"):
+        TinyCodec.from_pretrained(name)
+
+
+def test_unreachable_hub_repo_reported_as_missing_folder(monkeypatch, tmp_path):
+    """Offline, an "owner/name" that is not a folder here fails with a message that names both places tried."""
+    monkeypatch.chdir(tmp_path)
+
+    def offline_download(repo_id, filename, **kwargs):
+        raise LocalEntryNotFoundError("Cannot find the requested files in the disk cache and outgoing traffic is off.")
+
+    monkeypatch.setattr(hub, "hf_hub_download", offline_download)
+    monkeypatch.setattr("huggingface_hub.hub_mixin.hf_hub_download", offline_download)
+    with pytest.raises(FileNotFoundError, match=r"'someone/tiny-codec' is not a folder under .*could not be fetched"):
+        TinyCodec.from_pretrained("someone/tiny-codec")

@@ -211,6 +211,9 @@ def test_path_and_block_size_errors_point_to_the_fix(tmp_path):
     sf.write(tmp_path / "clip.wav", speech_like(0.5).numpy(), 16_000)
     with pytest.raises(ValueError, match="block_seconds must be a positive whole number of seconds, got 0"):
         codec.encode_file(tmp_path / "clip.wav", block_seconds=0)
+    (tmp_path / "notes.wav").write_text("not audio")
+    with pytest.raises(ValueError, match=r"could not read .*notes.wav as audio .*WAV, FLAC, OGG or MP3"):
+        codec.encode_file(tmp_path / "notes.wav")
 
 
 # ---- input level --------------------------------------------------------------------------------

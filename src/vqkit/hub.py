@@ -21,7 +21,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from huggingface_hub import PyTorchModelHubMixin, constants, hf_hub_download
-from huggingface_hub.errors import RemoteEntryNotFoundError
+from huggingface_hub.errors import (
+    LocalEntryNotFoundError,
+    RemoteEntryNotFoundError,
+    RepositoryNotFoundError,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -35,6 +39,8 @@ MODEL_CARD_FILE = "README.md"
 # Weight files in pickle format. vqkit never loads them, because unpickling can run
 # arbitrary code. They are only named in error messages.
 PICKLE_WEIGHT_FILES = ("pytorch_model.bin", "model.pt", "model.pth", "model.ckpt")
+LOCAL_FOLDER_NAMES = ("checkpoints", "runs")
+"""Folders that vqkit's commands write checkpoints to. "checkpoints/name" is always a local path, never a Hub repo id."""
 
 ModelT = TypeVar("ModelT", bound="VQKitModelMixin")
 
@@ -133,7 +139,17 @@ class VQKitModelMixin(PyTorchModelHubMixin):
         """
         source = _resolve_registered_name(cls, pretrained_model_name_or_path)
         device = _validate_device(map_location)
-        return super().from_pretrained(source, map_location=device, strict=strict, **kwargs)
+        try:
+            return super().from_pretrained(source, map_location=device, strict=strict, **kwargs)
+        except (LocalEntryNotFoundError, RepositoryNotFoundError) as error:
+            # Only a Hub repo id gets here. The source is not a folder here, and the Hub is
+            # unreachable (offline, no cached copy) or has no such repo.
+            reason = str(error).strip().splitlines()[0]
+            raise FileNotFoundError(
+                f"{source!r} is not a folder under {Path.cwd()} and could not be fetched from the Hugging Face "
+                f"Hub ({reason}). Pass an existing checkpoint folder, a registered model name (`vqkit list`) "
+                "or a reachable Hub repo id."
+            ) from None
 
     @classmethod
     def _from_pretrained(
@@ -223,13 +239,14 @@ def _resolve_registered_name(cls: type, name_or_path: str | os.PathLike[str]) ->
 def _looks_like_path(source: str) -> bool:
     """True for strings that are meant as paths rather than a Hub repo id ("owner/name").
 
-    That is absolute and explicitly relative paths, more than one "/", and "folder/name" where
-    "folder" exists here, such as "checkpoints/name" or "runs/name".
+    That is absolute and explicitly relative paths, more than one "/", "folder/name" where
+    "folder" exists here, and names under vqkit's own output folders ("checkpoints/name",
+    "runs/name") wherever they are written.
     """
     if source.startswith(("/", ".", "~")) or source.count("/") > 1 or os.sep != "/" and os.sep in source:
         return True
     first = source.split("/", 1)[0]
-    return bool(first) and Path(first).is_dir()
+    return first in LOCAL_FOLDER_NAMES or (bool(first) and Path(first).is_dir())
 
 
 def _validate_device(device: str | torch.device) -> str:

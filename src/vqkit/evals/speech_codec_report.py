@@ -33,10 +33,11 @@ def _number(value: float | None, digits: int = 2, percent: bool = False) -> str:
 def render_markdown(results: dict[str, Any]) -> str:
     """Return the Markdown report: one table per split, the speaker probes, voice conversion and speed."""
     machine = results.get("machine", {})
+    threads = machine.get("threads", "?")
     parts = [
         (
             f"Command: `{results.get('command', '')}`. Machine: {machine.get('cpu_model', '?')}, "
-            f"{machine.get('threads', '?')} threads, torch {machine.get('torch', '?')}."
+            f"{threads} {'thread' if threads == 1 else 'threads'}, torch {machine.get('torch', '?')}."
         )
     ]
     for split, rows in results["reconstruction"].items():

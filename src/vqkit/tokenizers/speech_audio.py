@@ -120,7 +120,12 @@ class AudioBlocks:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"audio file not found: {self.path}")
-        info = soundfile.info(str(self.path))
+        try:
+            info = soundfile.info(str(self.path))
+        except soundfile.LibsndfileError as error:
+            raise ValueError(
+                f"could not read {self.path} as audio ({error}); pass a sound file such as WAV, FLAC, OGG or MP3"
+            ) from None
         self.sample_rate = int(info.samplerate)
         self.source_frames = int(info.frames)
         self.channels = int(info.channels)
