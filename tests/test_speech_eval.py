@@ -109,7 +109,7 @@ def test_conversions_bounded_by_held_out_sentences(tiny_corpus, caplog):
 
 
 @pytest.mark.slow
-def test_harness_writes_report(tiny_corpus, tmp_path, monkeypatch):
+def test_harness_writes_report(tiny_corpus, tmp_path, monkeypatch, caplog):
     """The whole evaluation on tiny untrained models: every section is present and well formed."""
     _, cache = tiny_corpus
     monkeypatch.setenv("VQKIT_CACHE_DIR", cache)
@@ -141,6 +141,8 @@ def test_harness_writes_report(tiny_corpus, tmp_path, monkeypatch):
     assert "Speaker probe" in markdown
     assert "Real-time factor" in markdown
     assert (tmp_path / "results" / "speech_codec.png").stat().st_size > 1000
+    # The tiny corpus has one unseen speaker, which the harness warns about.
+    assert "The unseen split has 1 speaker(s)" in caplog.text
 
 
 def test_harness_rejects_too_few_sentences(capsys):

@@ -294,6 +294,14 @@ def evaluate(config: SpeechEvalConfig, device: str = "cpu", progress: bool = Tru
         "seen": _by_speaker(corpus.utterances("test_seen")),
         "unseen": _by_speaker(corpus.utterances("test_unseen")),
     }
+    for split, groups in splits.items():
+        if len(groups) < 2:
+            # NOTE: the rows are still written. The tiny test corpus has one unseen speaker.
+            logger.warning(
+                "The %s split has %d speaker(s), so its speaker probe (chance 100%%) and voice conversion "
+                "(to the same speaker) say nothing; use a corpus with at least 2 speakers per split",
+                split, len(groups),
+            )  # fmt: skip
     embedding = SpeakerEmbedding().fit([u.load() for u in probe_train], [u.speaker for u in probe_train])
 
     results: dict[str, Any] = {"config": asdict(config), "systems": {s.name: s.describe() for s in systems}}
