@@ -120,6 +120,12 @@ _SHIPPED_TARGETS: tuple[CommandTarget, ...] = (
         "benchmarks.image_tokenizer:main",
         "Image tokenizer vs diffusers VQModel encode+decode speed, from benchmarks/image_tokenizer.py.",
     ),
+    CommandTarget(
+        "bench",
+        "speech-codec",
+        "benchmarks.speech_codec:main",
+        "Speech codec vs transformers EnCodec and Mimi encode and decode speed, from benchmarks/speech_codec.py.",
+    ),
 )
 
 _targets: dict[str, dict[str, CommandTarget]] = {command: {} for command in TARGET_COMMANDS}
