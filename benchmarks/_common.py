@@ -140,3 +140,43 @@ def write_json(path: Path, results: dict[str, object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     logger.info("Wrote the raw results to %s", path)
+
+
+# ---- a whole run -------------------------------------------------------------------------------
+
+
+def run_section_benchmark(
+    argv: Sequence[str] | None,
+    build_parser: Callable[[str], argparse.ArgumentParser],
+    commands: tuple[str, str],
+    heading: str,
+    run_benchmark: Callable[[bool], dict[str, object]],
+    render_section: Callable[[dict[str, object], str, float, dict[str, object]], str],
+    packages: Sequence[str] = (),
+) -> int:
+    """Run a benchmark that reports one markdown section; return the exit status.
+
+    `commands` is (the `vqkit bench` command, the script command), as `parse_arguments` takes
+    them. `run_benchmark(quick)` returns the results. `render_section(machine, command,
+    wall_seconds, results)` returns the section under `heading`, which is printed and, unless
+    --no-write, replaces that section of --out-md, while --out-json receives the raw results.
+    The versions of `packages` are added to the machine description.
+    """
+    parsed = parse_arguments(build_parser, argv, *commands)
+    if isinstance(parsed, int):  # the exit status after --help or an invalid argument
+        return parsed
+    args, command = parsed
+
+    with timed_run(args.threads) as run:
+        bench = run_benchmark(args.quick)
+    wall_seconds, machine = run.wall_seconds, run.machine
+    for package in packages:
+        machine[package] = _machine.package_version(package)
+
+    section = render_section(machine, command, wall_seconds, bench)
+    print(section)
+    if not args.no_write:
+        write_markdown(args.out_md, section, heading)
+        write_json(args.out_json, {"command": command, "wall_seconds": wall_seconds, "machine": machine, **bench})
+    return 0
+

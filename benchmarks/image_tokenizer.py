@@ -27,10 +27,9 @@ from pathlib import Path
 
 # _common comes first: it records whether faiss was imported before torch, then imports torch.
 if __package__:
-    from . import _common, _machine, _report, _timing
+    from . import _common, _report, _timing
 else:  # `python benchmarks/image_tokenizer.py` puts benchmarks/ on sys.path instead of importing a package
     import _common
-    import _machine
     import _report
     import _timing
 
@@ -232,23 +231,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     With `argv` None the arguments come from sys.argv, as in `python benchmarks/image_tokenizer.py`.
     """
-    parsed = _common.parse_arguments(build_parser, argv, CLI_COMMAND, SCRIPT_COMMAND)
-    if isinstance(parsed, int):  # the exit status after --help or an invalid argument
-        return parsed
-    args, command = parsed
-
-    with _common.timed_run(args.threads) as run:
-        bench = run_benchmark(QUICK if args.quick else FULL)
-    wall_seconds, machine = run.wall_seconds, run.machine
-    machine["diffusers"] = _machine.package_version("diffusers")
-
-    section = render_section(machine, command, wall_seconds, bench)
-    print(section)
-    if not args.no_write:
-        _common.write_markdown(args.out_md, section, SECTION_HEADING)
-        results = {"command": command, "wall_seconds": wall_seconds, "machine": machine, **bench}
-        _common.write_json(args.out_json, results)
-    return 0
+    return _common.run_section_benchmark(
+        argv,
+        build_parser,
+        (CLI_COMMAND, SCRIPT_COMMAND),
+        SECTION_HEADING,
+        lambda quick: run_benchmark(QUICK if quick else FULL),
+        render_section,
+        packages=("diffusers",),
+    )
 
 
 if __name__ == "__main__":
