@@ -204,7 +204,7 @@ def test_bad_codes_and_prompts_are_rejected():
         codec.decode(codes, prompt=prompt, prompt_sample_rate=16_000.0)
 
 
-def test_path_and_block_size_errors_point_to_the_fix(tmp_path):
+def test_encode_rejects_path_and_block_size(tmp_path):
     codec = tiny_codec()
     with pytest.raises(TypeError, match=r"waveform is a path \('clip.wav'\).*codec.encode_file\(path\)"):
         codec.encode("clip.wav", 16_000)
@@ -235,8 +235,21 @@ def test_level_gain_is_bounded_and_leaves_silence():
     torch.testing.assert_close(gains[:, 0], torch.tensor([10.0**0.5, 100.0, 1.0, 0.01]))
 
 
+@pytest.mark.parametrize("level", [5.0, -150.0, float("nan"), "loud", True])
+def test_invalid_input_level_rejected(level):
+    with pytest.raises(ValueError, match=r"input_level_db must be a speech level in dB .* such as -20.9"):
+        tiny_codec(input_level_db=level)
+    with pytest.raises(ValueError, match=r"target_db must be a speech level in dB"):
+        level_gain(torch.tensor([-30.0]), target_db=level)
+
+
+def test_level_needs_a_whole_frame():
+    with pytest.raises(ValueError, match=r"at least one 20 ms frame \(320 samples at 16 kHz\)"):
+        active_level_db(frame_power(torch.zeros(1, 300)))
+
+
 @pytest.mark.parametrize("block_seconds", [1, 30])
-def test_codes_do_not_depend_on_gain_with_input_level(tmp_path, block_seconds):
+def test_codes_ignore_gain_with_input_level(tmp_path, block_seconds):
     """With `input_level_db`, quieter and louder copies of a clip give its codes, from tensors and files."""
     wave = speech_like(2.5) + 0.05 * torch.randn(40_000, generator=torch.Generator().manual_seed(1))
     plain, codec = spread_codes(tiny_codec(), wave), spread_codes(tiny_codec(input_level_db=-20.0), wave)
@@ -253,7 +266,7 @@ def test_codes_do_not_depend_on_gain_with_input_level(tmp_path, block_seconds):
 def test_prompt_is_scaled_to_input_level():
     codec = tiny_codec(input_level_db=-20.0)
     prompt = speech_like(1.0)
-    # Log-mel values lie in about [-12, 5]; float32 rounding of the rescaled audio stays far below 1e-3.
+    # Log-mel values lie in [-11.5, 9] for full-scale audio, so float32 rounding of the rescaled audio stays below 1e-3.
     quiet, normal = codec.prompt_mel(0.1 * prompt, 16_000), codec.prompt_mel(prompt, 16_000)
     torch.testing.assert_close(quiet, normal, atol=1e-3, rtol=0)
     plain = tiny_codec()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vqkit.data.speech import SpeechCorpus, SpeechCorpusConfig
-from vqkit.evals import speech_codec
+from vqkit.evals import speech_codec, speech_level
 from vqkit.evals.speech_probe import (
     SpeakerEmbedding,
     bag_of_codes,
@@ -108,6 +108,38 @@ def test_conversions_bounded_by_held_out_sentences(tiny_corpus, caplog):
     assert f"has {fewest} held-out sentences" in caplog.text
 
 
+def test_gain_sensitivity_with_and_without_scaling(tiny_corpus):
+    corpus, _ = tiny_corpus
+    utterances = corpus.utterances("test_seen")[:3]
+    torch.manual_seed(0)
+    small = {"encoder_channels": 16, "decoder_dim": 16, "decoder_layers": 1, "decoder_heads": 2, "latent_dim": 4}
+    codec = SpeechCodec(**small, codebook_size=16, mfcc_clusters=4, input_level_db=-20.0).eval()
+    # Codes taken from the encoder means at several gains, so that gain changes the unscaled codes.
+    means = []
+    for gain in (0.1, 1.0, 3.0):
+        clip = gain * utterances[0].load()
+        mean, _ = codec.encode_mel(codec.mel_frames(clip[None, : clip.shape[-1] // 320 * 320]))
+        means.append(mean[0].T)
+    means = torch.cat(means)
+    picks = torch.randperm(means.shape[0], generator=torch.Generator().manual_seed(0))[:16]
+    codec.quantizer.codebook.set_codes(means[picks].detach())
+
+    results = speech_level.gain_sensitivity([speech_codec.System("tiny", codec)], utterances)
+
+    assert results["tiny"]["scaled"] == 0.0
+    assert results["tiny"]["unscaled"] > 0.0
+    assert results["tiny"]["clips"] == 3
+    assert codec.input_level_db == -20.0
+
+
+def test_level_statistics_order(tiny_corpus):
+    corpus, _ = tiny_corpus
+    statistics = speech_level.level_statistics(corpus.utterances("train"))
+
+    assert statistics["utterances"] == len(corpus.utterances("train"))
+    assert -60.0 < statistics["p5_db"] <= statistics["median_db"] <= statistics["p95_db"] < 0.0
+
+
 @pytest.mark.slow
 def test_harness_writes_report(tiny_corpus, tmp_path, monkeypatch, caplog):
     """The whole evaluation on tiny untrained models: every section is present and well formed."""
@@ -141,6 +173,12 @@ def test_harness_writes_report(tiny_corpus, tmp_path, monkeypatch, caplog):
     assert "Speaker probe" in markdown
     assert "Real-time factor" in markdown
     assert (tmp_path / "results" / "speech_codec.png").stat().st_size > 1000
+    level = results["input_level"]
+    assert level["training"]["p5_db"] <= level["training"]["median_db"] <= level["training"]["p95_db"]
+    # The tiny models have no input level, so only the unscaled fraction is measured.
+    assert level["gain_sensitivity"][str(tmp_path / "lscodec")]["scaled"] is None
+    assert 0.0 <= level["gain_sensitivity"][str(tmp_path / "lscodec")]["unscaled"] <= 1.0
+    assert "### Input level" in markdown
     # The tiny corpus has one unseen speaker, which the harness warns about.
     assert "The unseen split has 1 speaker(s)" in caplog.text
 

@@ -78,7 +78,7 @@ def test_vae_stage_fits_token_targets_and_learns(stage_one):
 
 
 def test_codec_stores_the_training_level(stage_one, speech_cache):
-    """The saved config holds the median speech level of the training split, which inference scales input to."""
+    """The saved config contains the median speech level of the training split, which inference scales input to."""
     corpus = SpeechCorpus.build(SpeechCorpusConfig.tiny(), cache_dir=speech_cache, progress=False)
     level = speech_train.training_level_db(corpus, progress=False)
     config = json.loads((stage_one / "config.json").read_text())

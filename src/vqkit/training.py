@@ -334,7 +334,7 @@ def append_metrics(metrics_file: Path, record: dict[str, float]) -> None:
 
 @dataclass
 class RunStart:
-    """What `start_run` returns: the configuration to train with and where the run stands."""
+    """Result of `start_run`: the configuration to train with and the state to resume from."""
 
     config: Any
     """The requested configuration, or the stored one with the resumable changes when resuming."""

@@ -9,7 +9,9 @@ bitrate, continuous log-mel through the same vocoder, and the unprocessed audio:
 - STOI and wideband PESQ against the original;
 - speaker-probe accuracy (logistic regression on a bag of codes, and a GRU) against chance;
 - voice conversion: speaker similarity of the converted speech to the target and to the source;
-- real-time factor of encoding and decoding on one thread.
+- real-time factor of encoding and decoding on one thread;
+- the speech level of the training split, and the fraction of codes that change at half the
+  input gain, with and without the codec's input-level scaling (`vqkit.evals.speech_level`).
 
 A reconstruction is decoded with a prompt cut from another sentence of the same speaker, so
 the prompt never contains the audio being scored. Results go to `results/speech_codec.json`,
@@ -31,7 +33,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from vqkit.data.speech import SpeechCorpus, SpeechCorpusConfig, Utterance
-from vqkit.evals import speech_metrics
+from vqkit.evals import speech_level, speech_metrics
 from vqkit.evals.machine import describe_machine
 from vqkit.evals.speech_probe import (
     SpeakerEmbedding,
@@ -325,6 +327,11 @@ def evaluate(config: SpeechEvalConfig, device: str = "cpu", progress: bool = Tru
         for split, groups in splits.items()
     }
     results["real_time_factor"] = real_time_factors(systems, seen_test[:4], config.rtf_seconds)
+    level_clips = [u for items in splits["seen"].values() for u in items[:2]]
+    results["input_level"] = {
+        "training": speech_level.level_statistics(corpus.utterances("train")),
+        "gain_sensitivity": speech_level.gain_sensitivity(systems, level_clips),
+    }
     return results
 
 

@@ -92,7 +92,32 @@ def render_markdown(results: dict[str, Any]) -> str:
         "### Real-time factor, one thread\n\n"
         + markdown_table(["System", "Encode", "Decode (with vocoder)"], speed_rows)
     )
+    if "input_level" in results:
+        parts.append(_render_input_level(results["input_level"]))
     return "\n\n".join(parts) + "\n"
+
+
+def _render_input_level(input_level: dict[str, Any]) -> str:
+    """Return the input-level section: the training speech's level and the codes changed at another gain."""
+    training = input_level["training"]
+    rows = []
+    for name, row in input_level["gain_sensitivity"].items():
+        level = "none" if row["input_level_db"] is None else f"{row['input_level_db']:g} dB"
+        rows.append([name, level, _number(row["unscaled"], percent=True), _number(row["scaled"], percent=True)])
+    setup = ""
+    first = next(iter(input_level["gain_sensitivity"].values()), None)
+    if first is not None:
+        setup = (
+            f" Each codec encodes {first['clips']} held-out clips of training voices and the same clips at "
+            f"gain {first['gain']:g}, without and with its input-level scaling."
+        )
+    return (
+        "### Input level\n\n"
+        f"Active speech level of the {training['utterances']} training utterances: median "
+        f"{training['median_db']:.1f} dB, 5th to 95th percentile {training['p5_db']:.1f} to "
+        f"{training['p95_db']:.1f} dB (relative to full scale).{setup}\n\n"
+        + markdown_table(["System", "Input level", "Codes changed, unscaled (%)", "Codes changed, scaled (%)"], rows)
+    )
 
 
 def save_plot(path: Path, results: dict[str, Any]) -> None:

@@ -6,8 +6,8 @@
 
 A convolutional encoder reads the log-mel spectrogram (100 frames/s) and returns a mean and a
 log-variance per code frame (50 or 25 frames/s). Training has two stages (`vqkit train
-speech-codec`): a VAE stage samples the bottleneck and adds a KL term; a VQ stage quantizes the
-mean with one codebook, initialised by k-means on the stage-1 means. In both the encoder reads a
+speech-codec`). A VAE stage samples the bottleneck and adds a KL term. A VQ stage then quantizes
+the mean with one codebook, initialised by k-means on the stage-1 means. In both the encoder reads a
 speaker-perturbed waveform, and a transformer decoder, given a mel prompt of the unperturbed
 voice, predicts the unperturbed log-mel spectrogram and k-means ids of MFCC frames (in place of
 the k-means ids of WavLM features that LSCodec predicts). A shared mel vocoder (`ISTFTVocoder`) renders audio.
@@ -35,6 +35,7 @@ from vqkit.tokenizers.speech_audio import (
     AudioBlocks,
     Block,
     active_level_db,
+    check_level_db,
     frame_power,
     frame_windows,
     level_gain,
@@ -123,6 +124,8 @@ class SpeechCodec(nn.Module, VQKitModelMixin):
             raise ValueError(f"frame_rate must be 100 / 2**k frames per second (100, 50 or 25), got {frame_rate}")
         if quantizer not in ("vq", "rvq"):
             raise ValueError(f"quantizer must be 'vq' or 'rvq', got {quantizer!r}")
+        if input_level_db is not None:
+            input_level_db = check_level_db(input_level_db)
         if quantizer == "vq" and num_quantizers != 1:
             raise ValueError(f"quantizer='vq' has one codebook, but num_quantizers={num_quantizers}; use quantizer='rvq' for several")
 
@@ -254,7 +257,7 @@ class SpeechCodec(nn.Module, VQKitModelMixin):
     def forward(
         self, clean: Tensor, perturbed: Tensor | None, prompt_frames: int, prompt_first: bool, quantize: bool
     ) -> SpeechCodecOutput:
-        """One training pass on float (B, samples) 16 kHz audio, samples a multiple of `samples_per_frame`.
+        """Run one training pass on float (B, samples) 16 kHz audio, samples a multiple of `samples_per_frame`.
 
         The encoder reads `perturbed` (or `clean` when None). The first or last `prompt_frames`
         log-mel frames of `clean` (a multiple of `downsample`) are the prompt; the losses cover the
@@ -347,7 +350,7 @@ class SpeechCodec(nn.Module, VQKitModelMixin):
         """Float audio (samples,), (B, samples) or (B, channels, samples) at `sample_rate` -> long codes.
 
         Returns (B, ceil(samples_16k / samples_per_frame)), or (B, frames, Q) for residual codes.
-        The audio is downmixed and resampled to 16 kHz; input over `block_seconds` is encoded in
+        The audio is downmixed and resampled to 16 kHz. Input over `block_seconds` is encoded in
         blocks with one second of context on each side, which gives the codes of one pass up to
         float rounding at near-ties. With `input_level_db` set, each item is first scaled to that
         speech level, so its codes do not depend on the recording's gain (within +-40 dB).
@@ -445,7 +448,7 @@ class SpeechCodec(nn.Module, VQKitModelMixin):
         """Long codes from `encode` -> float (B, frames * samples_per_frame) at 16 kHz in the prompt's voice.
 
         `prompt` is a waveform of the target speaker, (samples,), (1 or B, samples) or
-        (1 or B, channels, samples) at `prompt_sample_rate`; the first 4 s are used. Decoding with
+        (1 or B, channels, samples) at `prompt_sample_rate`, of which the first 4 s are used. Decoding with
         another speaker's prompt converts the voice. The RVQ baseline ignores the prompt.
         """
         prompt_mel = None

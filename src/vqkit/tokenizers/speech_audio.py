@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,6 +195,11 @@ def active_level_db(power: Tensor) -> Tensor:
     pauses do not lower it. Scaling the audio by g adds exactly 20 log10 g dB. All-zero audio
     gives -inf.
     """
+    if power.shape[-1] == 0:
+        raise ValueError(
+            f"the level needs at least one 20 ms frame ({LEVEL_FRAME} samples at 16 kHz), got frame powers "
+            f"shaped {tuple(power.shape)}; pass longer audio"
+        )
     gate = power.amax(dim=-1, keepdim=True) * 10.0 ** (-LEVEL_GATE_DB / 10.0)
     active = power >= gate
     mean_power = (power * active).sum(-1) / active.sum(-1).clamp(min=1)
@@ -206,7 +211,22 @@ def level_gain(level_db: Tensor, target_db: float) -> Tensor:
 
     Silent items (level -inf) get gain 1.
     """
+    check_level_db(target_db, "target_db")
     gain_db = (target_db - level_db).clamp(-MAX_GAIN_DB, MAX_GAIN_DB)
     gain_db = torch.where(torch.isfinite(level_db), gain_db, torch.zeros_like(gain_db))
     return (10.0 ** (gain_db / 20.0))[:, None]
+
+
+def speech_levels_db(waveforms: Iterable[Tensor]) -> list[float]:
+    """Return the active speech level in dB re full scale of each float (samples,) 16 kHz waveform."""
+    return [float(active_level_db(frame_power(waveform[None]))[0]) for waveform in waveforms]
+
+
+def check_level_db(level_db: object, name: str = "input_level_db") -> float:
+    """Return `level_db` as a float, or raise ValueError when it is not a finite level in (-100, 0] dB."""
+    if isinstance(level_db, bool) or not isinstance(level_db, (int, float)) or not -100.0 < level_db <= 0.0:
+        raise ValueError(
+            f"{name} must be a speech level in dB relative to full scale, in (-100, 0], such as -20.9; got {level_db!r}"
+        )
+    return float(level_db)
 

@@ -1,9 +1,9 @@
 """Building blocks of the speech codec: a convolutional log-mel encoder and a prompt-conditioned
 transformer decoder.
 
-The encoder has a bounded receptive field (`MelEncoder.context_frames`), so a long input can be
-encoded in chunks with that much context on each side and give the codes of one pass, up to
-float rounding where two codes are nearly tied.
+The encoder has a bounded receptive field (`MelEncoder.context_frames`). A long input can
+therefore be encoded in chunks with that much context on each side. The chunks give the codes
+of one pass, up to float rounding where two codes are nearly tied.
 The decoder reads the frames of a voice prompt followed by the content frames and returns
 features for the content frames only. Positions come from a depthwise convolution, so it has
 no fixed maximum length.

@@ -41,7 +41,7 @@ from vqkit.data.speech import SpeechCorpus, SpeechCorpusConfig, SpeechCrops
 from vqkit.quantizers.codebook import Codebook
 from vqkit.quantizers.kmeans import kmeans
 from vqkit.tokenizers.speech import N_MFCC, SpeechCodec
-from vqkit.tokenizers.speech_audio import active_level_db, frame_power
+from vqkit.tokenizers.speech_audio import speech_levels_db
 from vqkit.tokenizers.speech_features import LogMel, perturb_speaker
 from vqkit.tokenizers.speech_train_config import (
     CONFIGS,
@@ -87,11 +87,8 @@ def training_level_db(corpus: SpeechCorpus, progress: bool = True) -> float:
     """
     from tqdm.auto import tqdm
 
-    utterances = corpus.utterances("train")
-    levels = [
-        float(active_level_db(frame_power(item.load()[None]))[0])
-        for item in tqdm(utterances, desc="speech level", unit="file", disable=not progress)
-    ]
+    utterances = tqdm(corpus.utterances("train"), desc="speech level", unit="file", disable=not progress)
+    levels = speech_levels_db(item.load() for item in utterances)
     return round(statistics.median(levels), 1)
 
 
@@ -313,10 +310,10 @@ def train(
 
 
 def _codebook_warming_up(codebook: Codebook, step: int, config: SpeechTrainConfig) -> bool:
-    """Whether `codebook` stays frozen at `step`: from its k-means fit until `codebook_warmup_steps` later.
+    """Return whether `codebook` stays frozen at `step`: from its k-means fit until `codebook_warmup_steps` later.
 
-    The fit happens on the first steps of the run; the step it happened at is not stored, so
-    the warm-up is counted from step 0, which differs from the fit by a few steps.
+    The fit happens on the first steps of the run, and the step it happened at is not stored.
+    The warm-up is therefore counted from step 0, which differs from the fit by a few steps.
     """
     return bool(codebook.initialized) and step < config.codebook_warmup_steps
 
